@@ -381,8 +381,6 @@ def _convert_smollm2(folder: Path) -> None:
 # ----- anything else --------------------------------------------------------------------------------------------
 
 def _load_pretrained(name: str, dtype: torch.dtype, report: Progress) -> tuple[Any, Any, ModelCard, str]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     local = Path(name).expanduser()
     is_folder = local.is_dir()
     if not is_folder and ("/" not in name or name.startswith((".", "/", "~"))):
@@ -393,20 +391,56 @@ def _load_pretrained(name: str, dtype: torch.dtype, report: Progress) -> tuple[A
     target = str(local) if is_folder else name
     report(f"Loading {target}…")
     try:
-        config = AutoConfig.from_pretrained(target, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(
-            target, dtype=dtype, attn_implementation="sdpa", trust_remote_code=False
-        )
+        parts = _from_pretrained_parts(target, dtype, local_only=True)
     except (OSError, ValueError, KeyError) as error:
-        where = "that folder" if is_folder else "the Hugging Face cache, and it could not be downloaded"
-        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"Could not load '{name}' from {where} ({first_line}).") from None
+        if is_folder:
+            raise ModelLoadError(f"Could not load the model folder '{name}' ({_first_line(error)}).") from None
+        if not _hub_reachable():
+            raise ModelLoadError(
+                f"'{name}' is not in the local Hugging Face cache and the Hub cannot be reached from here (offline): "
+                "download it on a connected machine, or pass a local model folder."
+            ) from None
+        try:
+            parts = _from_pretrained_parts(target, dtype, local_only=False)
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"Could not load '{name}' from the Hugging Face Hub ({_first_line(error)}).") from None
     except torch.OutOfMemoryError:
         raise ModelLoadError(f"Out of memory loading '{name}'; try a smaller model or dtype.") from None
+    config, tokenizer, model = parts
     card = card_from_config(
         config, key=name, name=name, source="local folder" if is_folder else f"Hugging Face: {name}",
         licence="see the model's own card", parameters=_param_count(model),
     )
     return model, tokenizer, card, "local folder" if is_folder else "hugging face"
 
+
+def _from_pretrained_parts(target: str, dtype: torch.dtype, local_only: bool) -> tuple[Any, Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    common = dict(trust_remote_code=False, local_files_only=local_only)
+    config = AutoConfig.from_pretrained(target, **common)
+    tokenizer = AutoTokenizer.from_pretrained(target, **common)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="sdpa", **common)
+    return config, tokenizer, model
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds instead of after the Hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -91,3 +91,25 @@ def test_default_model_loads_from_the_converted_cache(smollm2):
     assert smollm2.loaded_from in ("converted cache", "gguf (converted now)")
     assert smollm2.chat_template_available
     assert (models.converted_smollm2_dir() / "kvviz-conversion.json").is_file()
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="Could not load the model folder"):
+        models.load_model(str(tmp_path))
+
+
+def test_hub_id_offline_fails_with_one_sentence(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty Hub cache
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        models.load_model("some-org/some-model")
+
+
+@pytest.mark.slow
+def test_any_local_model_folder_loads_and_steps(smollm2):
+    from kvviz.stepper import Stepper
+
+    loaded = models.load_model(str(models.converted_smollm2_dir()))
+    assert loaded.loaded_from == "local folder" and loaded.card.layers == 30
+    record = Stepper(loaded, capture_attention=False).prefill("Hello")
+    assert record.cache_len == len(loaded.tokenizer("Hello")["input_ids"])
