@@ -1,0 +1,202 @@
+"""Streamlit glue for the Attention page: generate with a live matrix, and per-session memos of what is costly.
+
+The page lays out widgets; this module calls the engine (``attention_matrix``, ``heads``) and the figure builders
+(``charts.attention``) and keeps their results in ``st.session_state`` keyed by the trace and its length, so
+moving a slider never recomputes a whole-model summary. Nothing is shared between sessions.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any, Callable, TypeVar
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from kvviz import attention_matrix as am
+from kvviz import heads as hd
+from kvviz.charts import attention as charts
+from kvviz.charts.style import measured_on
+from kvviz.models import LoadedModel, ModelCard
+from kvviz.records import Trace
+from kvviz.stepper import Sampling
+from kvviz.ui.session import SessionTrace, prefill, step
+
+T = TypeVar("T")
+_MEMO_KEY = "kvviz_attention_memo"
+_SERIALS_KEY = "kvviz_attention_trace_serials"
+_PROBES_KEY = "kvviz_attention_probes"
+_MEMO_ENTRIES = 24  # small: a few figures and score tables per session
+PAGE_MAX_NEW_TOKENS = 512  # the stepper's cap for traces started here: bounds the rows a session keeps
+LIVE_REFRESH_S = 0.3  # redraw the growing matrix at most this often while generating
+# Whole-model views read every stored row (≈ layers × heads × T² / 2 values): measured ~4.5 s per view for
+# SmolLM2 at 2,000 tokens (1 GiB of rows) on a 2-core CPU. Beyond this length they wait for a click instead of
+# stalling every first render.
+AUTO_WHOLE_MODEL_TOKENS = 600
+_ALLOWED_KEY = "kvviz_attention_whole_model"
+
+
+def memo(key: tuple, compute: Callable[[], T]) -> T:
+    """``compute()`` once per key for this browser session (oldest entries dropped first)."""
+    store: dict[tuple, Any] = st.session_state.setdefault(_MEMO_KEY, {})
+    if key not in store:
+        if len(store) >= _MEMO_ENTRIES:
+            store.pop(next(iter(store)))
+        store[key] = compute()
+    return store[key]
+
+
+def trace_key(trace: Trace) -> tuple:
+    """Identifies a trace at its current length: a new prefill makes a new Trace, each step lengthens it.
+
+    A serial number per Trace object, not ``id()``: a freed trace's id can be reused by the next one.
+    """
+    serials: list[tuple[weakref.ref, int]] = st.session_state.setdefault(_SERIALS_KEY, [])
+    serials[:] = [(ref, serial) for ref, serial in serials if ref() is not None]
+    for ref, serial in serials:
+        if ref() is trace:
+            return serial, len(trace.records)
+    serial = st.session_state.get(_SERIALS_KEY + "_next", 0)
+    st.session_state[_SERIALS_KEY + "_next"] = serial + 1
+    serials.append((weakref.ref(trace), serial))
+    return serial, len(trace.records)
+
+
+def loaded_model(session: SessionTrace) -> LoadedModel | None:
+    """The model the session's stepper runs on (the home page's or this page's)."""
+    return session.stepper.loaded if session.stepper is not None else None
+
+
+def head_label(card: ModelCard, head: int) -> str:
+    """'head 4 · KV head 1 (shared with 3, 5)': grouped-query attention made visible in the head picker."""
+    others = [h for h in am.query_heads_sharing(card, head) if h != head]
+    shared = f" (shared with {', '.join(map(str, others))})" if others else ""
+    return f"head {head} · KV head {am.kv_head_of(card, head)}{shared}"
+
+
+def build_head_figure(trace: Trace, layer: int, head: int, how: str) -> go.Figure:
+    """The chosen head's matrix stacked from the cached rows, drawn (not memoised: used while it grows)."""
+    matrix = am.head_matrix(trace, layer, head)
+    note = measured_on(trace.model, trace.device, trace.dtype)
+    title = f"What did each token attend to? Layer {layer}, head {head}, one row per cached step"
+    return charts.head_heatmap(matrix, trace.token_texts(), prompt_tokens=trace.prompt_tokens, title=title,
+                               note=note, how=how)
+
+
+def head_figure(trace: Trace, layer: int, head: int, how: str) -> go.Figure:
+    """``build_head_figure`` memoised per trace length."""
+    return memo(("head", *trace_key(trace), layer, head, how), lambda: build_head_figure(trace, layer, head, how))
+
+
+def generate(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_template: bool, new_tokens: int,
+             on_progress: Callable[[Trace], None]) -> str:
+    """Prefill and step up to ``new_tokens`` greedy tokens, calling ``on_progress`` as the matrix grows.
+
+    Stops early at an end-of-sequence token. Returns a one-line summary for the page.
+    """
+    record = prefill(session, loaded, prompt, chat_template=chat_template, compare=False, sampling=Sampling(),
+                     max_new_tokens=PAGE_MAX_NEW_TOKENS)
+    on_progress(session.trace)
+    last_draw = time.perf_counter()
+    made = 1
+    while made < new_tokens and not record.is_eos:
+        record = step(session)
+        made += 1
+        if time.perf_counter() - last_draw >= LIVE_REFRESH_S:
+            on_progress(session.trace)
+            last_draw = time.perf_counter()
+    stop = " (stopped at end-of-sequence)" if record.is_eos else ""
+    return f"Generated {made} tokens{stop}."
+
+
+def step_more(session: SessionTrace, count: int) -> None:
+    """``count`` more tokens on the session's trace (the home page's stepper, if it started the trace)."""
+    for _ in range(count):
+        step(session)
+
+
+def whole_model_allowed(trace: Trace) -> bool:
+    """Short traces always; long ones once the user asked (remembered for this trace)."""
+    return am.trace_length(trace) <= AUTO_WHOLE_MODEL_TOKENS or \
+        trace_key(trace)[0] in st.session_state.get(_ALLOWED_KEY, set())
+
+
+def allow_whole_model(trace: Trace) -> None:
+    st.session_state.setdefault(_ALLOWED_KEY, set()).add(trace_key(trace)[0])
+
+
+def matrix_check(trace: Trace, loaded: LoadedModel) -> am.MatrixCheck:
+    return memo(("check", *trace_key(trace)), lambda: am.check_against_full_forward(trace, loaded))
+
+
+def check_message(check: am.MatrixCheck) -> str:
+    """The check, in words: what was compared, how close, against what tolerance."""
+    scope = (f"all {check.tokens_checked} tokens" if check.tokens_checked == check.total_tokens
+             else f"the first {check.tokens_checked} of {check.total_tokens} tokens (causal: a prefix check is exact)")
+    verdict = "match" if check.passed else "DO NOT match"
+    return (f"Stacked cached rows and one full forward pass {verdict}: largest difference "
+            f"{check.max_abs_diff:.1e} (layer {check.worst_layer}, head {check.worst_head}) over {check.layers} "
+            f"layers × {check.heads} heads × {scope}: {check.prompt_rows} prefill rows + {check.decode_rows} "
+            f"decode rows; tolerance {check.tolerance:.0e} (rows are stored as float16).")
+
+
+def model_view_figure(trace: Trace, card: ModelCard, how: str) -> go.Figure:
+    def build() -> go.Figure:
+        thumbnails = am.pooled_layers(trace, charts.THUMBNAIL_SIDE, how)
+        n = am.trace_length(trace)
+        return charts.model_view(thumbnails, queries_per_kv=card.queries_per_kv_head,
+                                 factor=am.pool_factor(n, charts.THUMBNAIL_SIDE), tokens=n, how=how,
+                                 note=measured_on(trace.model, trace.device, trace.dtype))
+    return memo(("model", *trace_key(trace), how), build)
+
+
+def trace_scores(trace: Trace) -> hd.HeadScores:
+    return memo(("scores", *trace_key(trace)), lambda: hd.score_trace(trace))
+
+
+def induction_probe(loaded: LoadedModel, half_length: int, seed: int, rerun: bool = False) -> hd.InductionProbe:
+    """The probe for this model, kept for the session apart from the LRU memo (``rerun`` forces a fresh run)."""
+    key = (loaded.key, loaded.dtype_name, str(loaded.device), half_length, seed)
+    probes: dict[tuple, hd.InductionProbe] = st.session_state.setdefault(_PROBES_KEY, {})
+    if rerun or key not in probes:
+        probes[key] = hd.run_induction_probe(loaded, half_length, seed)
+    return probes[key]
+
+
+def scores_figure(scores: hd.HeadScores, measure: str, card: ModelCard) -> go.Figure:
+    """A head-type map with its question as title and what it was measured on as note."""
+    is_entropy = measure == "entropy"
+    return charts.head_scores_figure(
+        scores.measure(measure), title=hd.TITLES[measure], measure=measure,
+        queries_per_kv=card.queries_per_kv_head, threshold=None if is_entropy else hd.THRESHOLDS[measure],
+        note=scores.source, zmax=None if is_entropy else 1.0, unit="nats" if is_entropy else "weight",
+    )
+
+
+def finding_sentence(scores: hd.HeadScores, measure: str) -> str:
+    if measure == "entropy":
+        return hd.describe_entropy(scores)
+    return hd.describe(hd.find_heads(scores, measure))
+
+
+def token_view(trace: Trace, layer: int, head: int, query: int, skip_first: bool) -> str:
+    row = am.attention_row(trace, layer, head, query)
+    return charts.token_view_html(trace.token_texts(), row, query, trace.prompt_tokens, skip_first)
+
+
+def format_bytes(count: float) -> str:
+    """Bytes in the binary unit that keeps 1 to 3 digits before the point."""
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.2f} GiB"
+
+
+def memory_summary(trace: Trace, card: ModelCard) -> dict[str, str]:
+    """Attention rows this trace holds, and what full capture costs at longer lengths on this model."""
+    summary = {"held": format_bytes(trace.attention_bytes())}
+    for tokens in (500, 1000, 2000):
+        summary[f"at_{tokens}"] = format_bytes(am.attention_bytes_formula(card, 20, tokens - 20))
+    return summary

@@ -1,0 +1,137 @@
+"""The Attention page (streamlit AppTest, tiny model): generate here, or read the trace another page left."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from kvviz.records import Trace
+from kvviz.stepper import Sampling, Stepper
+from kvviz.ui.session import SessionTrace
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "attention.py")
+SESSION_KEY = "kvviz_session"
+
+
+def figure(element) -> dict:
+    return json.loads(element.proto.spec)
+
+
+def heatmap_z(element) -> np.ndarray:
+    """The first trace's z as plotly ships it (a base64 typed array) decoded back to NumPy."""
+    z = figure(element)["data"][0]["z"]
+    values = np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.dtype(z["dtype"]))
+    return values.reshape([int(s) for s in str(z["shape"]).split(",")])
+
+
+def charts_by_title(at: AppTest) -> dict[str, object]:
+    return {figure(c)["layout"]["title"]["text"].split("<br>")[0]: c for c in at.get("plotly_chart")}
+
+
+def generate(at: AppTest, model: str = "tiny-llama", tokens: int = 8, prompt: str = "abcabc xyz") -> AppTest:
+    at.selectbox[0].set_value(model)
+    at.text_area[0].set_value(prompt)
+    at.slider[0].set_value(tokens)
+    return at.button[0].click().run()
+
+
+def test_without_a_trace_the_page_says_how_to_start():
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    assert "No trace yet" in at.info[0].value
+    assert at.button[0].label == "Generate"
+
+
+def test_generate_fills_the_session_trace_and_draws_every_view(tiny_llama):
+    at = generate(AppTest.from_file(PAGE, default_timeout=120).run(), tokens=8)
+    assert not at.exception and not at.error
+    trace = at.session_state[SESSION_KEY].trace
+    n = trace.records[-1].sequence_length
+    assert trace.model.startswith("tiny-llama") and 2 <= len(trace.records) <= 8
+    assert trace.prompt_tokens == len("abcabc xyz")
+    charts = charts_by_title(at)
+    matrix = next(c for title, c in charts.items() if title.startswith("What did each token attend to?"))
+    z = heatmap_z(matrix)
+    assert z.shape == (n, n)
+    assert np.all(np.isnan(z[np.triu_indices(n, k=1)]))
+    np.testing.assert_allclose(np.nansum(z, axis=1), 1.0, atol=3e-3)
+    assert any(title.startswith("Where does every head look?") for title in charts)
+    for measure in ("first token", "previous token", "copy what followed", "spread out"):
+        assert any(measure in title for title in charts), measure
+    success = at.success[0].value
+    assert "match" in success and f"all {n} tokens" in success
+    assert any(f"{n} tokens" in m.value for m in at.markdown)
+    html = at.get("html")[0].proto.body
+    assert "outline:2px" in html  # the token view outlines its query token
+
+
+def test_the_page_reads_the_trace_the_home_page_left_and_one_more_token_adds_a_row(tiny_llama):
+    stepper = Stepper(tiny_llama, sampling=Sampling(), capture_attention=True, max_new_tokens=50)
+    trace = Trace(model=tiny_llama.card.name, device="cpu", dtype="float32")
+    trace.append(stepper.prefill("hello hello"))
+    for _ in range(3):
+        trace.append(stepper.step())
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state[SESSION_KEY] = SessionTrace(model_key="tiny-llama", stepper=stepper, trace=trace)
+    at.run()
+    assert not at.exception
+    assert any("14 tokens (11 prompt + 3 stepped)" in m.value for m in at.markdown)
+    matrix = next(c for t, c in charts_by_title(at).items() if t.startswith("What did each token"))
+    assert heatmap_z(matrix).shape == (14, 14)
+
+    next(b for b in at.button if b.label == "One more token").click().run()
+    assert not at.exception
+    assert len(at.session_state[SESSION_KEY].trace.records) == 5
+    matrix = next(c for t, c in charts_by_title(at).items() if t.startswith("What did each token"))
+    assert heatmap_z(matrix).shape == (15, 15)
+
+
+def test_choosing_a_layer_and_head_redraws_that_head(tiny_llama):
+    at = generate(AppTest.from_file(PAGE, default_timeout=120).run(), tokens=4)
+    layer = next(s for s in at.selectbox if s.label == "Layer")
+    head = next(s for s in at.selectbox if s.label == "Head")
+    layer.set_value(3)
+    head.set_value(1)
+    at.run()
+    assert not at.exception
+    titles = list(charts_by_title(at))
+    assert any("Layer 3, head 1" in t for t in titles)
+    head = next(s for s in at.selectbox if s.label == "Head")
+    assert head.format_func(head.value) == "head 1 · KV head 0 (shared with 0)"
+
+
+def test_page_does_no_array_maths_and_the_engine_needs_no_streamlit():
+    source = Path(PAGE).read_text()
+    for forbidden in ("import numpy", "import torch", "np.", "torch."):
+        assert forbidden not in source, forbidden
+    code = ("import sys, kvviz.attention_matrix, kvviz.heads, kvviz.charts.attention;"
+            "assert 'streamlit' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_long_trace_draws_its_matrix_at_once_and_whole_model_views_on_request(tiny_llama):
+    stepper = Stepper(tiny_llama, capture_attention=True, max_new_tokens=50)
+    trace = Trace(model=tiny_llama.card.name, device="cpu", dtype="float32")
+    trace.append(stepper.prefill("abcdefghij" * 60))
+    for _ in range(5):
+        trace.append(stepper.step())
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state[SESSION_KEY] = SessionTrace(model_key="tiny-llama", stepper=stepper, trace=trace)
+    at.run()
+    assert not at.exception
+    titles = charts_by_title(at)
+    matrix = next(c for t, c in titles.items() if t.startswith("What did each token"))
+    assert heatmap_z(matrix).shape == (202, 202)  # 605 tokens in 3×3 max-pooled blocks
+    assert "max-pooled 3×3 blocks" in figure(matrix)["layout"]["title"]["text"]
+    assert not any(t.startswith("Where does every head look?") for t in titles)
+    assert "605 tokens" in at.info[0].value
+    assert "first 256 of 605 tokens" in at.success[0].value
+    next(b for b in at.button if b.label == "Compute the model view and head maps").click().run()
+    assert not at.exception
+    assert any(t.startswith("Where does every head look?") for t in charts_by_title(at))
