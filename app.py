@@ -6,5 +6,8 @@ st.set_page_config(page_title="kvviz — see the KV cache", page_icon="🔑", la
 st.navigation(
     [
         st.Page("pages/step_through.py", title="Step through", icon="▶️", default=True),
+        st.Page("pages/memory.py", title="Memory", icon="🧮"),
+        st.Page("pages/attention.py", title="Attention", icon=":material/grid_on:"),
+        st.Page("pages/speed.py", title="Speed", icon=":material/speed:"),
     ]
 ).run()

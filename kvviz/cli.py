@@ -17,7 +17,10 @@ from kvviz.errors import KvvizError
 
 
 # Subcommands implemented in kvviz/<name>.py, each with add_arguments(parser) and run(args) -> int.
-FEATURE_COMMANDS: dict[str, str] = {}
+FEATURE_COMMANDS: dict[str, str] = {
+    "bench": "time decode paths (naive, cached, static, CUDA graphs, generate) on the same tokens",
+    "memory": "KV cache size calculator",
+}
 
 
 class _OneLineParser(argparse.ArgumentParser):

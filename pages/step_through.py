@@ -1,6 +1,301 @@
-"""Step through (home): under construction; the engine is usable from the CLI meanwhile."""
+"""Step through (home): feed a prompt to a real model, then add one token at a time and watch its KV cache.
+
+Layout only. The sidebar picks the model and the prompt; the stepping area is a fragment, so Prefill, Next token,
+Play, Stop and Reset re-run that area and not the sidebar or the model loading; the one-layer attention chart is a
+fragment of its own, so choosing a layer redraws only that chart. The panels below the token stream are tabs of
+which only the open one is drawn. The engine steps the model (through
+``kvviz.ui.session``), the figures come from ``kvviz.charts.step``; nothing here computes on tensors.
+"""
+
+from __future__ import annotations
 
 import streamlit as st
 
-st.title("kvviz — step a real model and watch its KV cache")
-st.info("This page is being built. Meanwhile: `python -m kvviz step --model smollm2-135m --prompt 'Hi' --compare`.")
+from kvviz.charts import step as charts
+from kvviz.errors import KvvizError
+from kvviz.models import REGISTRY, LoadedModel
+from kvviz.records import Trace
+from kvviz.stepper import DEFAULT_PROMPT, Sampling
+from kvviz.ui import session as sessions
+from kvviz.ui import step_widgets as widgets
+from kvviz.ui.resources import get_model
+
+OTHER_MODEL = "other"
+# The sidebar's defaults, shared by its widgets and by read_settings().
+DEFAULTS = dict(prompt=DEFAULT_PROMPT, chat_template=True, sample=False, temperature=0.8, top_k=50, seed=0,
+                max_new_tokens=64, compare=True)
+
+
+def read_settings(loaded: LoadedModel | None) -> dict:
+    """The sidebar's current choices, read from session state.
+
+    Prefill's callback calls this when the click arrives rather than keeping the values of the last full run: a
+    prompt typed just before pressing Prefill is then the prompt that gets fed.
+    """
+    def value(key: str):
+        return st.session_state.get(key, DEFAULTS[key])
+
+    sampling = Sampling()
+    if value("sample"):
+        sampling = Sampling(temperature=float(value("temperature")), top_k=int(value("top_k")), seed=int(value("seed")))
+    has_template = loaded is not None and loaded.chat_template_available
+    return dict(prompt=value("prompt"), chat_template=bool(value("chat_template") and has_template),
+                compare=bool(value("compare")), sampling=sampling, max_new_tokens=int(value("max_new_tokens")))
+
+
+st.title("Step through the KV cache")
+st.caption(
+    "A real language model runs here, on this server. **Prefill** feeds your prompt; every **Next token** feeds one "
+    "token and keeps its keys and values in the cache, so the model never has to read the past again."
+)
+
+# ----- sidebar: model, prompt, sampling -----------------------------------------------------------------------------
+with st.sidebar:
+    st.header("Model")
+    choice = st.selectbox(
+        "Model", [*REGISTRY, OTHER_MODEL], key="model_choice",
+        format_func=lambda key: key if key in REGISTRY else "a Hugging Face id or local folder…",
+        help="smollm2-135m has real weights and runs offline; the tiny models are random and instant.",
+    )
+    model_name = choice
+    if choice == OTHER_MODEL:
+        model_name = st.text_input("Hugging Face id or local folder", key="model_other",
+                                   placeholder="HuggingFaceTB/SmolLM2-360M-Instruct or /path/to/model").strip()
+    else:
+        st.caption(REGISTRY[choice].description)
+
+    loaded: LoadedModel | None = None
+    failed: dict[str, str] = st.session_state.setdefault("kvviz_failed_loads", {})
+    if not model_name:
+        st.warning("Type a Hugging Face id (org/name) or the path of a local model folder.")
+    elif model_name in failed:
+        st.error(failed[model_name])
+        if st.button("Try loading it again", key="retry_load"):
+            failed.pop(model_name, None)
+            st.rerun()
+    else:
+        try:
+            loaded = get_model(model_name)
+        except KvvizError as error:
+            failed[model_name] = str(error)
+            st.error(str(error))
+        except Exception as error:  # noqa: BLE001 - an arbitrary model can fail in any way; the page must survive
+            failed[model_name] = f"Could not load '{model_name}' ({type(error).__name__}: {error})."
+            st.error(failed[model_name])
+    if loaded is not None:
+        st.markdown(widgets.model_card_markdown(loaded))
+
+    st.header("Prompt")
+    st.text_area("Prompt", value=DEFAULTS["prompt"], key="prompt", height=100)
+    has_template = loaded is not None and loaded.chat_template_available
+    st.toggle(
+        "Wrap in the chat template", value=DEFAULTS["chat_template"], key="chat_template", disabled=not has_template,
+        help="Instruct models answer best inside their chat template (system, user and assistant turns)."
+        if has_template else "This model has no chat template: the prompt is fed as it is.",
+    )
+
+    if loaded is not None:
+        current = read_settings(loaded)
+        st.caption(widgets.prompt_caption(loaded, current["prompt"], current["chat_template"]))
+
+    st.header("Sampling")
+    if st.toggle("Sample instead of greedy", value=DEFAULTS["sample"], key="sample",
+                 help="Greedy always takes the most likely token, so every run is the same."):
+        st.slider("Temperature", 0.05, 2.0, DEFAULTS["temperature"], 0.05, key="temperature")
+        st.number_input("Top-k (0 = off)", 0, 1000, DEFAULTS["top_k"], key="top_k")
+        st.number_input("Seed", 0, 2**31 - 1, DEFAULTS["seed"], key="seed")
+
+    st.header("Run")
+    st.number_input("Max new tokens", 1, 4096, DEFAULTS["max_new_tokens"], key="max_new_tokens",
+                    help="The prefill chooses the first new token, each step one more.")
+    st.toggle("Compare with naive recompute", value=DEFAULTS["compare"], key="compare",
+              help="Also run the model without a cache over the whole sequence, every step, and compare.")
+
+settings = read_settings(loaded)
+session = sessions.get_session()
+if loaded is not None and session.started and session.model_key != loaded.key:
+    session.clear()
+    session.message = ("info", f"Switched to {loaded.card.name}: press Prefill to start with it.")
+sessions.apply_max_new_tokens(session, settings["max_new_tokens"])
+
+
+PANELS = ["KV cache", "Attention", "Cost per step"]
+
+
+def cache_panel(trace: Trace) -> None:
+    record = trace.records[-1]
+    geometry = charts.cache_geometry(record)
+    if geometry is not None:
+        first_layer = record.cache_layers[0]
+        st.markdown(
+            f"Every layer holds **K** and **V**, each of shape **{charts.shape_text(first_layer.shape)}** "
+            f"({first_layer.dtype}): {charts.format_bytes(first_layer.bytes)} per layer, "
+            f"**{charts.format_bytes(record.cache_bytes)}** in all. "
+            f"Per token: {geometry.formula_text()}."
+        )
+    st.caption(
+        "Each row is one layer; each column is one position, coloured by the length of its key or value vector. "
+        "One column is added per step (framed) and nothing already cached changes: that is the whole trick."
+    )
+    widgets.show_figure(charts.kv_strips_figure(trace), "kv_strips")
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        widgets.show_figure(charts.cache_bytes_figure(trace), "cache_bytes")
+        st.caption("Memory grows by the same amount with every token: the measured bytes sit on the formula's line.")
+    with right, st.expander("Per-layer cache tensors", expanded=True):
+        st.dataframe(widgets.layer_table(record), hide_index=True, height=300)
+
+
+def attention_panel(trace: Trace) -> None:
+    st.caption(
+        "The newest query (the last token fed) weighs every cached key; the weights in a row sum to 1. This read "
+        "of the whole cache is the part of a step that still grows with the context."
+    )
+    if not widgets.attention_layers(trace.records[-1]):
+        st.info("This trace was recorded without attention weights.")
+        return
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        attention_layer_panel()
+    with right:
+        widgets.show_figure(charts.attention_layers_figure(trace), "attention_layers")
+
+
+def cost_panel(trace: Trace) -> None:
+    st.caption(
+        f"Wall-clock milliseconds on {trace.device} in {trace.dtype}, one token at a time. With the cache a step "
+        "feeds one token and its time stays nearly flat; the naive path re-reads the whole sequence every step, so "
+        "its time grows with it. Over a short context the two are close on a CPU; the gap opens as it grows. "
+        "The cached path here also records attention weights and K/V rows for these charts, which costs it a "
+        "few milliseconds per step."
+    )
+    timing = charts.timing_summary(trace)
+    if timing is not None:
+        with st.container(horizontal=True):
+            naive_ttft = f" · naive {timing.prefill_naive_ms:,.0f} ms" if timing.prefill_naive_ms is not None else ""
+            st.metric("Time to first token (prefill)", f"{timing.prefill_ms:,.0f} ms", border=True,
+                      help=f"The prefill processes all {trace.prompt_tokens} prompt tokens at once{naive_ttft}.")
+            st.metric("Decode time, cached", f"{timing.cached_decode_ms / 1000:,.2f} s", border=True,
+                      help=f"{timing.decode_steps} steps after the first token")
+            if timing.naive_decode_ms is not None:
+                speedup = f"{timing.speedup:,.1f}× the cached time" if timing.speedup else None
+                st.metric("Decode time, naive", f"{timing.naive_decode_ms / 1000:,.2f} s", delta=speedup,
+                          delta_color="off", delta_arrow="off", border=True)
+    widgets.show_figure(charts.work_figure(trace), "work")
+    left, right = st.columns(2, gap="medium")
+    with left:
+        widgets.show_figure(charts.latency_figure(trace), "latency")
+    with right:
+        widgets.show_figure(charts.cumulative_figure(trace), "cumulative")
+
+
+@st.fragment
+def attention_layer_panel() -> None:
+    """One layer's attention in detail; its own fragment, so moving the layer slider redraws only this chart."""
+    trace = sessions.get_session().trace
+    if trace is None:
+        return
+    layers = widgets.attention_layers(trace.records[-1])
+    # Keyed by the layer count so that switching to a model with fewer layers starts a fresh slider.
+    layer = st.slider("Layer", 0, layers - 1, layers // 2, key=f"attention_layer_{layers}")
+    widgets.show_figure(charts.attention_layer_figure(trace, layer), "attention_layer")
+    caption = widgets.grouped_query_caption(trace.records[-1])
+    if caption:
+        st.caption(caption)
+
+
+@st.fragment
+def stepping_area(loaded: LoadedModel, settings: dict) -> None:
+    """Controls and every panel that changes with a step."""
+    session = sessions.get_session()
+    sessions.play_tick(session)
+
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button("Prefill", key="prefill", type="primary", on_click=sessions.on_prefill,
+                  args=(loaded, lambda: read_settings(loaded)),
+                  help="Feed the whole prompt at once; this fills the cache and chooses the first new token.")
+        st.button("Next token", key="next", on_click=sessions.on_next,
+                  help="Feed the newest token: one position is added to every layer's cache.")
+        st.button("Play", key="play", on_click=sessions.on_play,
+                  args=(lambda: int(st.session_state.get("play_tokens", 16)),),
+                  help="Generate the number of tokens set beside it, redrawing the page after each one.")
+        st.number_input("Tokens to play", 1, 4096, 16, key="play_tokens", width=120, label_visibility="collapsed")
+        st.markdown("tokens")
+        st.button("Stop", key="stop", on_click=sessions.on_stop, disabled=session.play_remaining <= 0)
+        st.button("Reset", key="reset", on_click=sessions.on_reset, help="Empty the cache and forget the tokens.")
+
+    widgets.show_message(session)
+    if sessions.settings_changed(session, loaded, **settings):
+        st.info("The sidebar settings changed since the last Prefill: press Prefill to apply them.")
+    trace = session.trace
+    if trace is None:
+        st.info("Press **Prefill** to feed the prompt to the model. Its keys and values then appear below.")
+        return
+    record = trace.records[-1]
+
+    # ----- token stream ---------------------------------------------------------------------------------------------
+    st.subheader("Token stream")
+    with st.container(horizontal=True, vertical_alignment="center"):
+        step_name = "prefill" if record.kind == "prefill" else f"step {record.index}"
+        naive = f" · naive {record.ms_naive:,.1f} ms" if record.ms_naive is not None else ""
+        st.markdown(f"**{step_name}** · {record.cache_len} tokens in the cache · cached {record.ms:,.1f} ms{naive}")
+        widgets.show_match_badge(record)
+        if session.play_remaining > 0:
+            st.badge(f"playing: {session.play_remaining} to go", icon=":material/play_arrow:", color="blue")
+    st.caption(
+        "Blue chips are the prompt, orange ones were generated; hover a chip for its position and token id. The "
+        "framed chips were appended to the cache by the latest call; the yellow one was just chosen and enters the "
+        "cache when the next step feeds it."
+    )
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        st.html(widgets.token_chips_html(trace))
+    with right:
+        widgets.show_figure(charts.candidates_figure(trace), "candidates")
+
+    # Only the open tab is drawn: redrawing a Plotly chart after every token costs the browser 50-250 ms on a small
+    # CPU, so three charts at a time instead of eight keep a step close to the model's own time.
+    cache_tab, attention_tab, cost_tab = st.tabs(PANELS, key="panel", on_change="rerun")
+    if cache_tab.open:
+        with cache_tab:
+            cache_panel(trace)
+    if attention_tab.open:
+        with attention_tab:
+            attention_panel(trace)
+    if cost_tab.open:
+        with cost_tab:
+            cost_panel(trace)
+
+    if session.play_remaining > 0:
+        widgets.rerun_fragment()
+
+
+if loaded is None:
+    st.info("Choose a model that loads (the default, smollm2-135m, works offline) to start stepping.")
+else:
+    stepping_area(loaded, settings)
+
+with st.expander("What is cached, and why does it help?"):
+    st.markdown(
+        """
+**What is cached.** In every layer, each token is turned into a query (Q), a key (K) and a value (V). The new
+token's query is compared with the keys of all earlier tokens, and the resulting weights mix their values. A
+token's K and V never change once computed (a token cannot see the future), so the model keeps them: that store
+is the KV cache. Queries are not cached, because only the newest token's query is ever needed again.
+
+**Why the cost per token stays flat.** Without a cache, producing token *T+1* means running all *T* tokens through
+every layer again, so each step costs more than the last and a whole answer costs about *T²*. With the cache, a
+step runs one token through the layers and only *reads* the stored keys and values. The reading still grows with
+*T*, but for short and medium contexts the fixed work of the weight matrices dominates, and the step time stays
+almost flat.
+
+**Why memory grows linearly.** Every token adds one K and one V vector per KV head in every layer:
+2 · layers · KV heads · head dim · bytes per number. For SmolLM2-135M in float32 that is
+2 · 30 · 3 · 64 · 4 B = 46,080 B, about 45 KiB per token, so 1,000 tokens hold 44 MiB. Grouped-query attention
+(several query heads sharing one KV head) is one of the ways models keep this number down.
+
+**How to read the match badge.** The naive path recomputes everything from scratch. If both paths choose the
+same token and their logits differ only by rounding (|Δlogit| around 10⁻⁵ in float32), the cache changed the cost,
+not the answer.
+"""
+    )

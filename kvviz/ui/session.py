@@ -2,21 +2,26 @@
 
 Every page reads the same ``SessionTrace`` so that stepping on the home page is visible on the others. The model
 itself is shared (``resources.py``); nothing here is shared between sessions. The functions below only call the
-stepper and append its records; they compute nothing themselves.
+stepper and append its records; they compute nothing themselves. The ``on_*`` functions are button callbacks:
+they turn a ``KvvizError`` into a message kept on the session for the page to show, so a bad click never
+breaks the page.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Literal
 
 import streamlit as st
 
+from kvviz.errors import InputError, KvvizError
 from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
 from kvviz.stepper import CompareStepper, Sampling, Stepper
 
 _KEY = "kvviz_session"
+
+MessageLevel = Literal["error", "warning", "info"]
 
 
 @dataclass
@@ -27,10 +32,17 @@ class SessionTrace:
     settings: dict[str, Any] = field(default_factory=dict)
     stepper: Stepper | CompareStepper | None = None
     trace: Trace | None = None
+    play_remaining: int = 0  # tokens Play still has to generate; 0 when not playing
+    message: tuple[MessageLevel, str] | None = None  # the outcome of the last action, shown until the next one
 
     def clear(self) -> None:
         self.stepper = None
         self.trace = None
+        self.play_remaining = 0
+
+    @property
+    def started(self) -> bool:
+        return self.stepper is not None and self.trace is not None
 
 
 def get_session() -> SessionTrace:
@@ -57,9 +69,98 @@ def prefill(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_tem
 def step(session: SessionTrace) -> StepRecord:
     """One more token on this session's trace (raises ``KvvizError`` when there is nothing to step)."""
     if session.stepper is None or session.trace is None:
-        from kvviz.errors import InputError
-
         raise InputError("Nothing to step yet: press Prefill first.")
     record = session.stepper.step()
     session.trace.append(record)
+    return record
+
+
+def settings_changed(session: SessionTrace, loaded: LoadedModel, **settings: Any) -> bool:
+    """Whether the sidebar now asks for something other than what built the current trace (max tokens aside)."""
+    if not session.started:
+        return False
+    built = {key: value for key, value in session.settings.items() if key != "max_new_tokens"}
+    wanted = {key: value for key, value in settings.items() if key != "max_new_tokens"}
+    return session.model_key != loaded.key or built != wanted
+
+
+def apply_max_new_tokens(session: SessionTrace, max_new_tokens: int) -> None:
+    """Let a running trace go on to a new limit without a new prefill (the limit is only checked per step)."""
+    if session.stepper is None or max_new_tokens < 1 or session.settings.get("max_new_tokens") == max_new_tokens:
+        return
+    steppers = ((session.stepper.cached, session.stepper.naive) if isinstance(session.stepper, CompareStepper)
+                else (session.stepper,))
+    for stepper in steppers:
+        stepper.max_new_tokens = max_new_tokens
+    session.settings["max_new_tokens"] = max_new_tokens
+
+
+# ----- button callbacks -----------------------------------------------------------------------------------------------
+
+def _eos_note(record: StepRecord) -> tuple[MessageLevel, str] | None:
+    if not record.is_eos:
+        return None
+    return ("info", f"The model produced its end-of-sequence token {record.token_text!r}: its answer is complete. "
+                    "Next token keeps stepping past it anyway.")
+
+
+def _attempt(session: SessionTrace, action: Callable[[], StepRecord | None], level: MessageLevel) -> StepRecord | None:
+    """Run ``action``; a ``KvvizError`` becomes the session's message (and stops Play) instead of a traceback."""
+    session.message = None
+    try:
+        record = action()
+    except KvvizError as error:
+        session.message = (level, str(error))
+        session.play_remaining = 0
+        return None
+    if record is not None:
+        session.message = _eos_note(record)
+    return record
+
+
+def on_prefill(loaded: LoadedModel, read_settings: Callable[[], dict[str, Any]]) -> None:
+    """Prefill with the settings ``read_settings`` returns at click time (prompt, chat_template, compare, ...)."""
+    session = get_session()
+    session.play_remaining = 0
+    settings = read_settings()
+    _attempt(session, lambda: prefill(session, loaded, **settings), "error")
+
+
+def on_next() -> None:
+    session = get_session()
+    session.play_remaining = 0
+    _attempt(session, lambda: step(session), "warning")
+
+
+def on_play(read_tokens: Callable[[], int]) -> None:
+    """Start Play for the number of tokens ``read_tokens`` returns at click time."""
+    session = get_session()
+    if not session.started:
+        session.message = ("warning", "Nothing to play yet: press Prefill first.")
+        return
+    session.message = None
+    session.play_remaining = max(int(read_tokens()), 0)
+
+
+def on_stop() -> None:
+    session = get_session()
+    if session.play_remaining:
+        session.message = ("info", "Stopped.")
+    session.play_remaining = 0
+
+
+def on_reset() -> None:
+    session = get_session()
+    session.clear()
+    session.message = None
+
+
+def play_tick(session: SessionTrace) -> StepRecord | None:
+    """While Play is on: one more step. Play stops by itself at the token limit and at end-of-sequence."""
+    if session.play_remaining <= 0:
+        return None
+    session.play_remaining -= 1
+    record = _attempt(session, lambda: step(session), "warning")
+    if record is not None and record.is_eos:
+        session.play_remaining = 0
     return record

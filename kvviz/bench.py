@@ -1,0 +1,646 @@
+"""Benchmark runner: time the same greedy tokens through several decode paths; ``python -m kvviz bench``.
+
+Paths (``bench_results.PATHS``), each a loop that prefills a prompt and then decodes one token per step:
+
+- ``naive``: kvviz's ``NaiveStepper``, which feeds the whole sequence every step (no cache): O(T) work per step.
+- ``dynamic``: the plain transformers loop with a ``DynamicCache`` (keys and values grow by concatenation).
+- ``kvviz``: kvviz's own ``Stepper`` (``InstrumentedCache``) with attention capture and K/V recording off, so
+  the gap to ``dynamic`` is what the app's bookkeeping costs.
+- ``static``: a transformers ``StaticCache`` preallocated for the whole run and written in place; the decode
+  step reads its input token from, and writes its chosen token to, one fixed device buffer.
+- ``graphs``: that same static decode step captured once as a CUDA graph (optionally ``torch.compile``-d first)
+  and replayed each step, so the CPU launches one graph instead of hundreds of kernels. CUDA only: on any other
+  device the path is skipped with the reason, never imitated.
+- ``generate``: transformers' ``generate()``, the reference people know; it only returns when done, so its
+  per-token figure is its total time over the N tokens (prefill included; a separate one-token call gives its
+  time to first token).
+
+Honest timing: every path first does one short warm-up run whose times are reported apart as *cold*; then
+``repeats`` timed runs (``naive_repeats`` for the quadratic naive path), interleaved path by path so that a
+machine getting busier or quieter affects every path alike. Each step is timed with ``DeviceTimer`` (device
+synchronised) from feeding its input to holding the chosen token id on the host. Token ids are compared across
+paths; a mismatch is reported, not hidden.
+
+The loaded model is shared (the app serves many sessions with one): nothing here changes model-wide settings;
+caches, buffers and graphs belong to the run and are dropped at the end, also when a run is interrupted.
+
+What it does not do: draw (``charts/speed.py``) or define the result format (``bench_results.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+import kvviz
+from kvviz.bench_results import (
+    PATH_LABELS, PATHS, BenchConfig, BenchResult, Environment, PathResult, Spread, StepSeries, check_tokens,
+)
+from kvviz.costs import forward_flops
+from kvviz.errors import InputError
+from kvviz.models import LoadedModel
+from kvviz.roofline import device_name, device_peak, kv_bytes_per_position, step_bytes, weight_bytes_read
+from kvviz.stepper import NaiveStepper, Sampling, Stepper
+from kvviz.timing import DeviceTimer, synchronize
+
+# Cycled to the requested prompt length: ordinary prose, so a real model continues it with ordinary text.
+PROMPT_TEXT = (
+    "When a language model writes a reply, it produces one token at a time. Each new token needs the keys and "
+    "values of every token before it. Without a cache the model computes them all again at every step; with a "
+    "cache it keeps them in memory and computes only those of the newest token. "
+)
+# Paths whose failure depends on the model family or the device (a cache class, graph capture, generate's
+# checks): their errors are reported as the path's result instead of ending the whole benchmark.
+FRAGILE_PATHS = ("static", "graphs", "generate")
+
+
+@dataclass(frozen=True)
+class BenchProgress:
+    """Where a benchmark is; ``partial`` is set after each timed run: every finished run so far, as a result."""
+
+    fraction: float
+    path: str
+    phase: str  # "measuring the device", "warm-up", "capture", "run 2/3"
+    message: str
+    partial: BenchResult | None = None
+
+
+# Return False to stop the benchmark (it then returns what it finished, with ``complete=False``).
+ProgressCallback = Callable[[BenchProgress], "bool | None"]
+
+
+@dataclass
+class _Run:
+    """One prefill and its decode steps, as timed."""
+
+    tokens: list[int]
+    prefill_ms: float
+    step_ms: list[float] = field(default_factory=list)
+    processed: list[int] = field(default_factory=list)
+    total_ms: float | None = None  # set by paths that only time the whole run (generate)
+
+    def add(self, token: int, ms: float, processed: int) -> None:
+        self.tokens.append(token)
+        self.step_ms.append(ms)
+        self.processed.append(processed)
+
+    @property
+    def total(self) -> float:
+        return self.total_ms if self.total_ms is not None else self.prefill_ms + sum(self.step_ms)
+
+    @property
+    def ms_per_token(self) -> float:
+        """Mean decode-step time; for a path timed only as a whole (generate), its total over the tokens.
+
+        Subtracting a separately timed one-token call from generate's total would exclude its prefill too, but
+        the difference of two noisy times can come out below zero on a busy machine; the plain average cannot.
+        """
+        if self.step_ms:
+            return float(np.mean(self.step_ms))
+        return self.total / len(self.tokens)
+
+
+class _Stopped(Exception):
+    """Raised inside a run when the progress callback asked to stop."""
+
+
+class _Skip(Exception):
+    """Raised by a runner's setup when its path cannot run here; the message is the reason."""
+
+
+# ----- the paths ------------------------------------------------------------------------------------------------
+
+class _Runner:
+    """One decode path. ``run`` calls ``tick`` after every step, outside the timed region."""
+
+    def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = loaded.device
+        self.config = config
+
+    def setup(self, prompt: list[int]) -> float | None:
+        """One-off work before the first run, in ms (None when there is none)."""
+        return None
+
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop every buffer the path allocated."""
+
+
+class _DynamicRunner(_Runner):
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        with DeviceTimer(self.device) as timer:
+            input_ids = torch.tensor([prompt], device=self.device)  # (1, P)
+            out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = int(out.logits[0, -1].argmax())
+        result = _Run([token], timer.ms)
+        tick(1)
+        for _ in range(tokens - 1):
+            with DeviceTimer(self.device) as timer:
+                input_ids = torch.tensor([[token]], device=self.device)  # (1, 1)
+                out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                token = int(out.logits[0, -1].argmax())
+            result.add(token, timer.ms, 1)
+            tick(1)
+        return result
+
+
+class _StepperRunner(_Runner):
+    """The app's own steppers, so the benchmark measures exactly what the pages run."""
+
+    def __init__(self, loaded: LoadedModel, config: BenchConfig, naive: bool) -> None:
+        super().__init__(loaded, config)
+        self.naive = naive
+
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        if self.naive:
+            stepper = NaiveStepper(self.loaded, Sampling(), capture_attention=False)
+        else:
+            stepper = Stepper(self.loaded, Sampling(), capture_attention=False, record_kv=False)
+        with DeviceTimer(self.device) as timer:
+            record = stepper.prefill(prompt)
+        result = _Run([record.token_id], timer.ms)
+        tick(1)
+        for _ in range(tokens - 1):
+            with DeviceTimer(self.device) as timer:
+                record = stepper.step()
+            result.add(record.token_id, timer.ms, record.tokens_processed)
+            tick(1)
+        return result
+
+
+class _StaticRunner(_Runner):
+    """A preallocated ``StaticCache`` and a one-token input buffer that the decode step reads and overwrites."""
+
+    def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
+        super().__init__(loaded, config)
+        from transformers import StaticCache
+
+        self.cache = StaticCache(config=self.model.config, max_cache_len=config.prompt_tokens + config.tokens)
+        self.next_id = torch.zeros((1, 1), dtype=torch.long, device=self.device)  # (1, 1)
+
+    def decode_once(self) -> None:
+        """Feed ``next_id`` and write the greedy choice back into it: no host round trip, so it can be captured."""
+        out = self.model(input_ids=self.next_id, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))  # (1, 1)
+
+    def prefill(self, prompt: list[int]) -> int:
+        input_ids = torch.tensor([prompt], device=self.device)  # (1, P)
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))
+        return int(self.next_id)
+
+    def step(self) -> int:
+        self.decode_once()
+        return int(self.next_id)
+
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        # Zeroing in place keeps the buffers' addresses, which a captured graph depends on.
+        self.cache.reset()
+        with DeviceTimer(self.device) as timer:
+            token = self.prefill(prompt)
+        result = _Run([token], timer.ms)
+        tick(1)
+        for _ in range(tokens - 1):
+            with DeviceTimer(self.device) as timer:
+                token = self.step()
+            result.add(token, timer.ms, 1)
+            tick(1)
+        return result
+
+    def close(self) -> None:
+        self.cache = None
+        self.next_id = None
+
+
+class _GraphRunner(_StaticRunner):
+    """The static decode step captured once as a CUDA graph; each step replays it."""
+
+    def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
+        if loaded.device.type != "cuda":
+            raise _Skip(f"needs a CUDA GPU: a CUDA graph replays recorded GPU kernel launches, and this run is on "
+                        f"{loaded.device.type}")
+        super().__init__(loaded, config)
+        self.graph: Any = None
+
+    def setup(self, prompt: list[int]) -> float | None:
+        start = time.perf_counter()
+        step_fn: Callable[[], None] = self.decode_once
+        if self.config.graphs_compile:
+            # Fused kernels (fewer, larger launches), then captured by hand below; inductor's own CUDA graphs are
+            # off so that exactly one graph, ours, is replayed.
+            step_fn = torch.compile(self.decode_once, mode="max-autotune-no-cudagraphs", dynamic=False)
+        # The prefill allocates the cache buffers (lazily, at their first update); capture needs them to exist.
+        self.cache.reset()
+        self.prefill(prompt)
+        # Warm up on a side stream, as capture requires (cuBLAS workspaces, compilation, allocator pools).
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                step_fn()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: other browser sessions may run the same model on other threads while this one captures.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            step_fn()
+        synchronize(self.device)
+        return (time.perf_counter() - start) * 1000.0
+
+    def step(self) -> int:
+        self.graph.replay()
+        return int(self.next_id)
+
+    def close(self) -> None:
+        self.graph = None
+        super().close()
+
+
+class _GenerateRunner(_Runner):
+    """transformers ``generate()``, greedy, never stopping early: an empty EOS list keeps it to exactly N tokens."""
+
+    def _generate(self, input_ids: torch.Tensor, tokens: int) -> torch.Tensor:
+        pad = self.loaded.tokenizer.pad_token_id
+        return self.model.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=tokens, do_sample=False,
+            eos_token_id=[], pad_token_id=pad if pad is not None else 0, use_cache=True,
+        )
+
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        input_ids = torch.tensor([prompt], device=self.device)  # (1, P)
+        with DeviceTimer(self.device) as timer:
+            self._generate(input_ids, 1)
+        prefill_ms = timer.ms
+        tick(1)  # the one-token call above is generate's time to first token, reported as its prefill
+        with DeviceTimer(self.device) as timer:
+            out = self._generate(input_ids, tokens)
+        result = _Run([int(t) for t in out[0, len(prompt):].tolist()], prefill_ms, total_ms=timer.ms)
+        tick(max(tokens - 1, 0))
+        return result
+
+
+def _make_runner(name: str, loaded: LoadedModel, config: BenchConfig) -> _Runner:
+    if name == "naive":
+        return _StepperRunner(loaded, config, naive=True)
+    if name == "kvviz":
+        return _StepperRunner(loaded, config, naive=False)
+    if name == "dynamic":
+        return _DynamicRunner(loaded, config)
+    if name == "static":
+        return _StaticRunner(loaded, config)
+    if name == "graphs":
+        return _GraphRunner(loaded, config)
+    if name == "generate":
+        return _GenerateRunner(loaded, config)
+    raise InputError(f"Unknown path '{name}': choose from {', '.join(PATHS)}.")
+
+
+# ----- the benchmark --------------------------------------------------------------------------------------------
+
+def parse_paths(values: Sequence[str]) -> tuple[str, ...]:
+    """Path names from a list that may hold comma-separated names; canonical order, no repeats."""
+    names = [part.strip().lower() for value in values for part in value.split(",") if part.strip()]
+    if not names:
+        raise InputError(f"No path given: choose from {', '.join(PATHS)}.")
+    unknown = [name for name in names if name not in PATHS]
+    if unknown:
+        raise InputError(f"Unknown path '{unknown[0]}': choose from {', '.join(PATHS)}.")
+    return tuple(name for name in PATHS if name in names)
+
+
+def validate(config: BenchConfig, loaded: LoadedModel | None = None) -> None:
+    """Raise ``InputError`` with one sentence when the settings cannot be run."""
+    if config.tokens < 2:
+        raise InputError(f"Tokens must be at least 2 (a prefill and one decode step); got {config.tokens}.")
+    if config.prompt_tokens < 1:
+        raise InputError(f"Prompt tokens must be at least 1; got {config.prompt_tokens}.")
+    if config.repeats < 1 or config.naive_repeats < 1:
+        raise InputError("Repeats must be at least 1.")
+    if config.warmup_tokens < 2:
+        raise InputError(f"Warm-up tokens must be at least 2 (a prefill and one step); got {config.warmup_tokens}.")
+    parse_paths(config.paths)
+    if loaded is not None and config.prompt_tokens + config.tokens > loaded.card.context_length:
+        raise InputError(
+            f"Prompt tokens + tokens = {config.prompt_tokens + config.tokens} exceeds the context of "
+            f"{loaded.card.context_length} tokens of {loaded.card.name}."
+        )
+
+
+def benchmark_prompt(loaded: LoadedModel, prompt_tokens: int) -> list[int]:
+    """``prompt_tokens`` token ids of ``PROMPT_TEXT``, repeated as often as needed."""
+    ids = list(loaded.tokenizer(PROMPT_TEXT)["input_ids"])
+    return (ids * (prompt_tokens // len(ids) + 1))[:prompt_tokens]
+
+
+def environment(loaded: LoadedModel) -> Environment:
+    import transformers
+
+    return Environment(
+        model=loaded.key, model_name=loaded.card.name, architecture=loaded.card.architecture,
+        parameters=loaded.card.parameters, device=str(loaded.device), device_name=device_name(loaded.device),
+        dtype=loaded.dtype_name, torch=torch.__version__, transformers=transformers.__version__,
+        kvviz=kvviz.__version__, python=platform.python_version(), platform=platform.platform(),
+        threads=torch.get_num_threads(), cuda=torch.version.cuda, load_average=_load_average(), cpus=os.cpu_count(),
+    )
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not every platform reports one
+        return None
+
+
+@dataclass
+class _PathState:
+    name: str
+    status: str = "ok"
+    reason: str = ""
+    setup_ms: float | None = None
+    warm: _Run | None = None
+    runs: list[_Run] = field(default_factory=list)
+
+
+class _Work:
+    """Progress accounting: one unit per token of every run, warm-ups included."""
+
+    def __init__(self, config: BenchConfig, callback: ProgressCallback | None) -> None:
+        warmup = min(config.warmup_tokens, config.tokens)
+        self.total = sum(warmup + config.runs_for(p) * config.tokens for p in config.paths) or 1
+        self.done = 0
+        self.callback = callback
+        self.path = ""
+        self.phase = ""
+
+    def report(self, message: str, partial: BenchResult | None = None) -> None:
+        if self.callback is None:
+            return
+        event = BenchProgress(min(self.done / self.total, 1.0), self.path, self.phase, message, partial)
+        if self.callback(event) is False:
+            raise _Stopped
+
+    def tick(self, units: int) -> None:
+        self.done += units
+        self.report(f"{self.path}: {self.phase}")
+
+
+def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCallback | None = None) -> BenchResult:
+    """Measure every path in ``config.paths`` on ``loaded``; ``progress`` is called after every step."""
+    validate(config, loaded)
+    config = replace(config, paths=parse_paths(config.paths))
+    started = time.perf_counter()
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    work = _Work(config, progress)
+    env = environment(loaded)  # first, so that the load average is the machine's, not ours
+    work.path, work.phase = "device", "measuring the device"
+    work.report("Measuring the device's memory bandwidth and compute…")
+    peak = device_peak(loaded.device, loaded.dtype)
+    prompt = benchmark_prompt(loaded, config.prompt_tokens)
+    states = {name: _PathState(name) for name in config.paths}
+    runners: dict[str, _Runner] = {}
+
+    def assemble(complete: bool) -> BenchResult:
+        results = tuple(_path_result(states[name], config, loaded) for name in config.paths)
+        checked, reference = check_tokens(results)
+        return BenchResult(
+            environment=env, config=config, peak=peak, paths=checked, created=created,
+            wall_seconds=time.perf_counter() - started, complete=complete, reference_path=reference,
+        )
+
+    complete = True
+    try:
+        with torch.inference_mode():
+            for name in config.paths:
+                state = states[name]
+                work.path, work.phase = name, "warm-up"
+                try:
+                    runners[name] = _make_runner(name, loaded, config)
+                    work.phase = "setup"
+                    work.report(f"{name}: setting up")
+                    state.setup_ms = runners[name].setup(prompt)
+                    work.phase = "warm-up"
+                    state.warm = runners[name].run(prompt, min(config.warmup_tokens, config.tokens), work.tick)
+                except _Skip as skip:
+                    state.status, state.reason = "skipped", str(skip)
+                    work.tick(min(config.warmup_tokens, config.tokens) + config.runs_for(name) * config.tokens)
+                except Exception as error:  # noqa: BLE001 - reported as the path's result, see FRAGILE_PATHS
+                    if name not in FRAGILE_PATHS or isinstance(error, _Stopped):
+                        raise
+                    state.status, state.reason = "failed", _one_line(error)
+                if state.status != "ok" and name in runners:
+                    runners.pop(name).close()
+            for repeat in range(max(config.runs_for(p) for p in config.paths)):
+                for name in config.paths:
+                    state = states[name]
+                    if state.status != "ok" or repeat >= config.runs_for(name):
+                        continue
+                    work.path, work.phase = name, f"run {repeat + 1}/{config.runs_for(name)}"
+                    try:
+                        state.runs.append(runners[name].run(prompt, config.tokens, work.tick))
+                    except _Stopped:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - see FRAGILE_PATHS
+                        if name not in FRAGILE_PATHS:
+                            raise
+                        state.status, state.reason = "failed", _one_line(error)
+                        runners.pop(name).close()
+                        continue
+                    work.report(f"{name}: finished {work.phase}", partial=assemble(complete=False))
+    except _Stopped:
+        complete = False
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return assemble(complete)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+
+
+def _path_result(state: _PathState, config: BenchConfig, loaded: LoadedModel) -> PathResult:
+    label = PATH_LABELS[state.name]
+    if state.name == "graphs" and config.graphs_compile:
+        label += " (torch.compile first)"
+    warm = state.warm
+    cold = dict(
+        cold_setup_ms=state.setup_ms,
+        cold_prefill_ms=warm.prefill_ms if warm else None,
+        cold_first_step_ms=warm.step_ms[0] if warm and warm.step_ms else None,
+    )
+    if state.status != "ok":
+        return PathResult(state.name, label, state.status, state.reason, **cold)
+    runs = state.runs
+    if not runs:
+        return PathResult(state.name, label, "stopped", "stopped before its first timed run", **cold)
+    reason = ""
+    if any(run.tokens != runs[0].tokens for run in runs):
+        reason = "its runs chose different tokens from one another"
+    return PathResult(
+        path=state.name, label=label, status="ok", reason=reason, runs=len(runs), tokens=tuple(runs[0].tokens),
+        prefill_ms=Spread.of([r.prefill_ms for r in runs]), ms_per_token=Spread.of([r.ms_per_token for r in runs]),
+        total_ms=Spread.of([r.total for r in runs]), steps=_step_series(runs, config, loaded), **cold,
+    )
+
+
+def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel) -> StepSeries:
+    if not runs[0].step_ms:
+        return StepSeries()
+    times = np.array([run.step_ms for run in runs])  # (runs, steps)
+    processed = runs[0].processed
+    positions = [config.prompt_tokens + k for k in range(1, len(processed) + 1)]
+    text = loaded.model.config.get_text_config(decoder=True)
+    vocab = int(text.vocab_size)
+    hidden = int(getattr(text, "hidden_size", None) or text.n_embd)
+    weights = weight_bytes_read(loaded.model)
+    per_position = kv_bytes_per_position(loaded.card, loaded.dtype)
+    return StepSeries(
+        position=tuple(positions),
+        median_ms=tuple(float(v) for v in np.median(times, axis=0)),
+        low_ms=tuple(float(v) for v in times.min(axis=0)),
+        high_ms=tuple(float(v) for v in times.max(axis=0)),
+        tokens_processed=tuple(processed),
+        flops=tuple(forward_flops(loaded.card, vocab, hidden, n, p) for n, p in zip(processed, positions)),
+        bytes_moved=tuple(step_bytes(weights, per_position, p, n, loaded.card.sliding_window)
+                          for n, p in zip(processed, positions)),
+    )
+
+
+# ----- command line ---------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from kvviz.cli import add_model_arguments, positive_int
+
+    add_model_arguments(parser)
+    parser.add_argument("--tokens", type=positive_int, default=64,
+                        help="new tokens per run: one prefill, then tokens-1 decode steps (default 64)")
+    parser.add_argument("--prompt-tokens", type=positive_int, default=32,
+                        help="prompt length in tokens (default 32; the naive path's cost grows with it)")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), metavar="PATH",
+                        help=f"paths to time, space- or comma-separated (default: all of {', '.join(PATHS)})")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per cached path (default 3)")
+    parser.add_argument("--naive-repeats", type=positive_int, default=1,
+                        help="timed runs of the O(T²) naive path (default 1)")
+    parser.add_argument("--warmup-tokens", type=positive_int, default=4,
+                        help="tokens of each path's untimed warm-up run (default 4)")
+    parser.add_argument("--graphs-compile", action="store_true",
+                        help="graphs path: torch.compile the decode step before capturing it (CUDA only)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for PyTorch (default: PyTorch's choice); 1 is steadier on a busy machine")
+    parser.add_argument("--json", metavar="FILE", help="also write the full result as JSON ('-': to stdout only)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kvviz.models import load_model
+
+    config = BenchConfig(
+        tokens=args.tokens, prompt_tokens=args.prompt_tokens, paths=parse_paths(args.paths), repeats=args.repeats,
+        naive_repeats=args.naive_repeats, warmup_tokens=args.warmup_tokens, graphs_compile=args.graphs_compile,
+    )
+    validate(config)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # this process only: the CLI owns it, unlike the app's shared server
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    show_progress = not args.quiet and sys.stderr.isatty()
+
+    def on_progress(event: BenchProgress) -> bool:
+        if show_progress:
+            sys.stderr.write(f"\r\033[K[{event.fraction:4.0%}] {event.message}")
+            sys.stderr.flush()
+        return True
+
+    result = run_benchmark(loaded, config, on_progress)
+    if show_progress:
+        sys.stderr.write("\r\033[K")
+    if args.json == "-":
+        print(result.to_json())
+        return 0
+    print(format_table(result))
+    if args.json:
+        target = Path(args.json)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(result.to_json() + "\n", encoding="utf-8")
+        print(f"# full result: {target}")
+    return 0
+
+
+def format_table(result: BenchResult) -> str:
+    """The CLI's report: one line per path, then the fit, the crossover and the bandwidth used."""
+    env, config = result.environment, result.config
+    marks = [config.prompt_tokens + k for k in (10, 100, config.tokens - 1) if 1 <= k <= config.tokens - 1]
+    marks = sorted(set(marks))
+    lines = [
+        f"# {env.describe()}; torch threads: {env.threads}",
+        f"# prompt {config.prompt_tokens} tokens, {config.tokens} new tokens; {config.repeats} timed runs "
+        f"({config.naive_repeats} for naive) after a {config.warmup_tokens}-token warm-up; ms are medians "
+        "[min-max] across runs; @N is the decode step at position N (prompt + step); cold 1st is the warm-up's "
+        "first decode step",
+        f"{'path':9s} {'prefill':>8s} {'ms/token':>9s} {'[min-max]':>15s} "
+        + " ".join(f"{'@' + str(m):>8s}" for m in marks)
+        + f" {'cold 1st':>9s} {'vs naive':>8s}  tokens",
+    ]
+    for path in result.paths:
+        if not path.ok:
+            lines.append(f"{path.path:9s} {path.status}: {path.reason}")
+            continue
+        spread = path.ms_per_token
+        at = [path.steps.ms_at(m) for m in marks]
+        speedup = result.speedup_vs_naive(path.path)
+        match = {True: "same", False: f"DIFFER from token {path.first_mismatch}", None: "-"}[path.matches_reference]
+        cold = path.cold_first_step_ms
+        lines.append(
+            f"{path.path:9s} {path.prefill_ms.median:8.1f} {spread.median:9.2f} "
+            f"{f'[{spread.low:.1f}-{spread.high:.1f}]':>15s} "
+            + " ".join(f"{v:8.1f}" if v is not None else f"{'-':>8s}" for v in at)
+            + (f" {cold:9.1f} " if cold is not None else f" {'-':>9s} ")
+            + (f"{speedup:7.1f}x" if speedup is not None else f"{'-':>8s}")
+            + f"  {match}" + (f" ({path.reason})" if path.reason else "")
+        )
+    fit = result.naive_fit()
+    if fit is not None:
+        lines.append(f"# naive cumulative time over n new tokens ~ a*n + b*n^2: a = {fit.a:.2f} ms, "
+                     f"b = {fit.b:.4f} ms, R^2 = {fit.r2:.4f}")
+    for name in ("dynamic", "kvviz", "static", "graphs"):
+        measured, predicted = result.crossover_position(name), result.predicted_crossover_position(name)
+        if measured is not None or predicted is not None:
+            lines.append(f"# {name} beats naive at every step from position "
+                         f"{measured if measured is not None else 'not within this run'}"
+                         + (f" (fit predicts {predicted:.0f})" if predicted is not None else ""))
+        growth = result.growth(name)
+        if growth is not None:
+            lines.append(f"# {name}: last 10 steps / steps 5-15 = {growth:.2f}x")
+    peak = result.peak
+    lines.append(f"# peak memory bandwidth {peak.memory_bytes_per_s / 1e9:.1f} GB/s ({peak.memory_source}); "
+                 f"compute {peak.flops_per_s / 1e9:.0f} GFLOP/s ({peak.flops_source})")
+    for path in result.measured:
+        if len(path.steps):
+            used = path.steps.bytes_moved[-1] / (path.steps.median_ms[-1] / 1000.0) / peak.memory_bytes_per_s
+            lines.append(f"# {path.path}: last step moves {path.steps.bytes_moved[-1] / 2**20:.0f} MiB, "
+                         f"{used:.0%} of peak bandwidth")
+    if env.busy:
+        lines.append(f"# WARNING: the machine's load ({env.load_average:.1f}) exceeded its {env.cpus} CPUs when this "
+                     "started: other work competed for them and the times are inflated and noisy")
+    if not result.all_match:
+        lines.append(f"# WARNING: not every path chose the same tokens as {result.reference_path} (see 'tokens')")
+    if not result.complete:
+        lines.append("# stopped early: figures cover the runs that finished")
+    lines.append(f"# wall time {result.wall_seconds:.1f} s (warm-ups, setup and device measurement included)")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Speed-page helpers: run a benchmark behind a progress bar, keep this session's result, read a saved one.
+
+Stopping: a click on any button while the benchmark runs makes Streamlit rerun the script, and the rerun is
+delivered as an exception at the next progress-bar update. The engine then drops its caches and graphs
+(``finally``) and the page shows the last partial result, which the progress callback stores after every
+finished run. One benchmark runs per server process at a time: two side by side on one machine would time each
+other, not the paths.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import streamlit as st
+
+from kvviz.bench import BenchProgress, run_benchmark, validate
+from kvviz.bench_results import BenchConfig, BenchResult
+from kvviz.errors import InputError, KvvizError
+from kvviz.models import LoadedModel
+
+_RESULT_KEY = "kvviz_speed_result"
+_STATUS_KEY = "kvviz_speed_status"
+# Streamlit sends every progress update to the browser; a few per second are enough to look live.
+_UPDATE_SECONDS = 0.25
+
+
+@st.cache_resource(show_spinner=False)
+def _server_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def last_result() -> BenchResult | None:
+    """This session's latest result (complete, partial after a stop, or loaded from a file)."""
+    return st.session_state.get(_RESULT_KEY)
+
+
+def last_status() -> str:
+    """'running', 'done', 'loaded' or '' (nothing yet): a rerun while 'running' means the run was stopped."""
+    return st.session_state.get(_STATUS_KEY, "")
+
+
+def mark_stopped() -> None:
+    if last_status() == "running":
+        st.session_state[_STATUS_KEY] = "stopped"
+
+
+def run_with_progress(loaded: LoadedModel, config: BenchConfig) -> BenchResult:
+    """Run the benchmark with a live progress bar; raises ``InputError`` when another one is running."""
+    validate(config, loaded)  # before any widget, so that bad settings leave no progress bar behind
+    lock = _server_lock()
+    if not lock.acquire(blocking=False):
+        raise InputError("Another benchmark is running on this server; wait for it to finish, as two at once would "
+                         "time each other.")
+    try:
+        # Set before the run: if Streamlit interrupts it (Stop), the rerun finds "running" and reports a stop.
+        st.session_state[_STATUS_KEY] = "running"
+        st.session_state.pop(_RESULT_KEY, None)
+        bar = st.progress(0.0, text="Starting…")
+        last_update = [0.0]
+
+        def on_progress(event: BenchProgress) -> bool:
+            if event.partial is not None:
+                st.session_state[_RESULT_KEY] = event.partial
+            now = time.monotonic()
+            if now - last_update[0] >= _UPDATE_SECONDS:
+                last_update[0] = now
+                bar.progress(event.fraction, text=f"{event.fraction:.0%} · {event.message}")
+            return True
+
+        try:
+            result = run_benchmark(loaded, config, on_progress)
+        except KvvizError:
+            st.session_state[_STATUS_KEY] = ""
+            bar.empty()
+            raise
+        bar.empty()
+        st.session_state[_RESULT_KEY] = result
+        st.session_state[_STATUS_KEY] = "done"
+        return result
+    finally:
+        lock.release()
+
+
+def load_result(data: bytes) -> BenchResult:
+    """A result saved by ``kvviz bench --json`` or the page's download button; raises ``InputError`` if not one."""
+    try:
+        result = BenchResult.from_json(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"That file is not a kvviz benchmark result: {error}.") from None
+    st.session_state[_RESULT_KEY] = result
+    st.session_state[_STATUS_KEY] = "loaded"
+    return result

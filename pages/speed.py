@@ -1,0 +1,138 @@
+"""Speed: what the KV cache buys in time, where the naive recompute loses, how close to the hardware limit we are."""
+
+import streamlit as st
+
+from kvviz.bench_results import PATH_LABELS, PATHS, BenchConfig
+from kvviz.charts import speed as charts
+from kvviz.errors import KvvizError
+from kvviz.models import DEFAULT_MODEL, REGISTRY
+from kvviz.ui.resources import get_model
+from kvviz.ui.speed import last_result, last_status, load_result, mark_stopped, run_with_progress
+
+st.title("Speed — what does the KV cache buy?")
+st.caption(
+    "Times the same greedy tokens through several decode loops on this machine: recompute everything (naive), "
+    "the transformers cache, kvviz's own instrumented cache, a preallocated static cache, CUDA graphs (GPU only) "
+    "and `generate()`. The answer depends on the model and the hardware; here you measure yours."
+)
+
+with st.container(border=True):
+    left, middle, right = st.columns(3)
+    model_key = left.selectbox("Model", list(REGISTRY), index=list(REGISTRY).index(DEFAULT_MODEL), key="speed_model",
+                               help="The tiny models are random and instant; SmolLM2 is the real default model.")
+    tokens = middle.slider("New tokens per run", 4, 1024, 64, step=4, key="speed_tokens",
+                           help="One prefill, then tokens − 1 decode steps. The naive path's time grows as tokens².")
+    prompt_tokens = right.slider("Prompt tokens", 1, 512, 32, key="speed_prompt_tokens")
+    paths = st.multiselect("Paths", list(PATHS), default=list(PATHS), key="speed_paths",
+                           format_func=lambda name: PATH_LABELS[name])
+    left, middle, right = st.columns(3)
+    repeats = left.slider("Timed runs (cached paths)", 1, 5, 3, key="speed_repeats")
+    naive_repeats = middle.slider("Timed runs (naive)", 1, 3, 1, key="speed_naive_repeats",
+                                  help="Naive is O(tokens²); its growth dwarfs run-to-run noise.")
+    right.write("")
+    run_column, stop_column, _ = st.columns([1, 1, 4])
+    run_clicked = run_column.button("Run benchmark", type="primary", key="speed_run", width="stretch")
+    stop_clicked = stop_column.button("Stop", key="speed_stop", width="stretch")
+
+with st.expander("Load a saved result (JSON from `python -m kvviz bench --json FILE`, e.g. measured on a GPU)"):
+    upload = st.file_uploader("Result file", type=["json"], key="speed_upload", label_visibility="collapsed")
+    if upload is not None and st.button("Show this result", key="speed_show_upload"):
+        try:
+            load_result(upload.getvalue())
+        except KvvizError as error:
+            st.error(str(error))
+
+if run_clicked:
+    config = BenchConfig(tokens=tokens, prompt_tokens=prompt_tokens, paths=tuple(paths), repeats=repeats,
+                         naive_repeats=naive_repeats)
+    try:
+        loaded = get_model(model_key)
+        run_with_progress(loaded, config)
+    except KvvizError as error:
+        st.error(str(error))
+else:
+    mark_stopped()
+
+result = last_result()
+status = last_status()
+if status == "stopped":
+    st.warning("Stopped. " + ("Showing the runs that finished before the stop." if result is not None else
+                              "No timed run had finished yet."))
+if result is None:
+    st.info("Choose a model and press **Run benchmark**. With SmolLM2 on a 2-core CPU, 64 tokens on every path "
+            "take about a minute; the tiny models take seconds.")
+    st.stop()
+
+st.markdown(f"**Measured on** {result.environment.describe()} · torch threads: {result.environment.threads} · "
+            f"prompt {result.config.prompt_tokens} tokens · {result.config.tokens} new tokens · "
+            f"{result.wall_seconds:.0f} s in all")
+if result.environment.busy:
+    st.warning(f"The machine's load ({result.environment.load_average:.1f}) exceeded its {result.environment.cpus} "
+               "CPUs when this benchmark started: other work competed for them, so the times are inflated and noisy.")
+if not result.all_match:
+    differing = ", ".join(f"{p.path} (from token {p.first_mismatch})" for p in result.measured
+                          if p.matches_reference is False)
+    st.warning(f"Not every path chose the same tokens as {result.reference_path}: {differing}. In 16-bit types a "
+               "near-tie between two tokens can go either way; the timings are still comparable.")
+for path in result.paths:
+    if path.status in ("skipped", "failed"):
+        st.info(f"**{path.path}** {path.status}: {path.reason}")
+
+measured = [p for p in result.measured if p.ms_per_token is not None]
+if measured:
+    for column, path in zip(st.columns(len(measured)), measured):
+        speedup = result.speedup_vs_naive(path.path) if path.path != "naive" else None
+        column.metric(f"{path.path} · ms/token", f"{path.ms_per_token.median:.1f}",
+                      f"{speedup:.1f}× vs naive" if speedup is not None else None, delta_color="off",
+                      help=PATH_LABELS[path.path])
+
+tabs = st.tabs(["Per token", "By position", "Cumulative", "Speedup", "Roofline", "Bandwidth"])
+with tabs[0]:
+    st.plotly_chart(charts.per_token_figure(result), key="speed_chart_per_token")
+with tabs[1]:
+    log_y = st.toggle("Logarithmic time axis", value=True, key="speed_log_y")
+    st.plotly_chart(charts.latency_figure(result, log_y=log_y), key="speed_chart_latency")
+with tabs[2]:
+    st.plotly_chart(charts.cumulative_figure(result), key="speed_chart_cumulative")
+    fit = result.naive_fit()
+    if fit is not None:
+        st.markdown(f"Naive cumulative time ≈ **{fit.a:.2f}·n + {fit.b:.4f}·n²** ms over n new tokens "
+                    f"(R² = {fit.r2:.4f}, {fit.points} points): every step recomputes the whole context, so the "
+                    "total grows with the square of the length.")
+with tabs[3]:
+    st.plotly_chart(charts.speedup_figure(result), key="speed_chart_speedup")
+    for name in ("kvviz", "dynamic", "static", "graphs"):
+        measured_at, predicted_at = result.crossover_position(name), result.predicted_crossover_position(name)
+        if measured_at is not None or predicted_at is not None:
+            st.markdown(f"**{name}** beats naive at every step from position "
+                        f"{measured_at if measured_at is not None else '— (not within this run)'}"
+                        + (f"; the naive fit predicts {predicted_at:.0f}." if predicted_at is not None else "."))
+with tabs[4]:
+    st.plotly_chart(charts.roofline_figure(result), key="speed_chart_roofline")
+    st.caption(f"Peak bandwidth: {result.peak.memory_source}. Peak compute: {result.peak.flops_source}.")
+with tabs[5]:
+    st.plotly_chart(charts.bandwidth_figure(result), key="speed_chart_bandwidth")
+
+st.dataframe(charts.summary_rows(result), hide_index=True, key="speed_table")
+st.download_button("Download the result (JSON)", result.to_json(), file_name="kvviz-bench.json",
+                   mime="application/json", key="speed_download")
+
+with st.expander("How is this measured?"):
+    st.markdown(
+        """
+- **A run** is one prefill of the prompt and then one decode step per new token. Each path first does a short
+  untimed warm-up (its times appear as *cold*), then the timed runs, interleaved path by path so that a machine
+  getting busier slows every path alike. Lines are medians across runs; bands show min–max.
+- **Each step** is timed from feeding its input to holding the chosen token id on the host, with the device
+  synchronised before and after (on a GPU, kernel launches return before the work is done).
+- **Paths**: *naive* feeds the whole sequence every step; *dynamic* is a plain loop over transformers'
+  `DynamicCache`; *kvviz* is this app's own stepper with attention capture off (its gap to *dynamic* is the
+  app's bookkeeping); *static* writes into a preallocated `StaticCache`; *graphs* replays that static step as
+  one CUDA graph (GPU only); *generate* is transformers' `generate()`, which only reports its total.
+- **Same tokens**: every path's greedy tokens are compared with the reference; a difference is shown, never hidden.
+- **Roofline**: FLOPs and bytes per step are estimates (weights + K/V read and written; activations left out).
+  The peaks come from a table of known GPUs, or are measured here (a large memory copy, a large matmul).
+- Other sessions using this server's model at the same time slow the measurement down; on a shared machine,
+  run the CLI on a quiet one: `python -m kvviz bench --model smollm2-135m --tokens 256 --json out.json`.
+"""
+    )

@@ -1,0 +1,369 @@
+"""Benchmark engine, result format, fit, charts and CLI: behaviour on tiny models on the CPU (no timed assertions).
+
+The registry's tiny models, with their small initial weights, repeat one token forever, which would make "every
+path chose the same tokens" true of almost any loop. The equivalence tests therefore use the same architectures
+initialised with larger weights (``initializer_range=0.5``), whose greedy tokens vary from step to step.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kvviz.bench import BenchProgress, benchmark_prompt, parse_paths, run_benchmark
+from kvviz.bench_results import (
+    FORMAT, PATHS, BenchConfig, BenchResult, Environment, PathResult, Spread, StepSeries, check_tokens,
+    fit_quadratic,
+)
+from kvviz.charts import speed as charts
+from kvviz.errors import InputError
+from kvviz.models import LoadedModel, load_random_model, tiny_config
+from kvviz.roofline import (
+    DevicePeak, known_gpu, kv_bytes_per_position, measure_memory_bandwidth, step_bytes, weight_bytes_read,
+)
+
+CPU_PATHS = ("naive", "dynamic", "kvviz", "static", "generate")
+SMALL = BenchConfig(tokens=12, prompt_tokens=8, repeats=2, naive_repeats=1, warmup_tokens=2)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs); none is visible")
+
+
+def varied_model(key: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    config = tiny_config(key)
+    config.initializer_range = 0.5
+    return load_random_model(config, f"{key}-varied", device=device, dtype=dtype)
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+def varied(request) -> LoadedModel:
+    return varied_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def llama_result() -> BenchResult:
+    return run_benchmark(varied_model("tiny-llama"), SMALL)
+
+
+# ----- the paths ------------------------------------------------------------------------------------------------
+
+def test_every_cpu_path_produces_the_same_varied_tokens(varied):
+    result = run_benchmark(varied, replace(SMALL, repeats=1))
+    tokens = {p.path: p.tokens for p in result.paths if p.ok}
+    assert set(tokens) == set(CPU_PATHS)
+    assert all(len(t) == SMALL.tokens for t in tokens.values())
+    assert len(set(tokens.values())) == 1, tokens
+    assert len(set(tokens["dynamic"])) >= 4  # the check bites: the tokens are not one token repeated
+    assert result.all_match and result.reference_path == "dynamic"
+    assert all(p.matches_reference and p.first_mismatch is None for p in result.measured)
+
+
+def test_cpu_paths_match_the_apps_own_greedy_stepper(llama_result):
+    from kvviz.stepper import Stepper
+
+    loaded = varied_model("tiny-llama")
+    stepper = Stepper(loaded, capture_attention=False)
+    records = [stepper.prefill(benchmark_prompt(loaded, SMALL.prompt_tokens))]
+    records += [stepper.step() for _ in range(SMALL.tokens - 1)]
+    assert llama_result.path("static").tokens == tuple(r.token_id for r in records)
+
+
+def test_graphs_path_is_skipped_on_cpu_with_a_reason(llama_result):
+    graphs = llama_result.path("graphs")
+    assert graphs.status == "skipped" and "CUDA" in graphs.reason
+    assert graphs.tokens == () and graphs.ms_per_token is None and not len(graphs.steps)
+
+
+def test_naive_processes_the_whole_context_each_step_while_cached_paths_process_one(llama_result):
+    prompt = SMALL.prompt_tokens
+    naive = llama_result.path("naive").steps
+    assert naive.position == tuple(range(prompt + 1, prompt + SMALL.tokens))
+    assert naive.tokens_processed == naive.position  # grows by one token per step
+    assert np.all(np.diff(naive.flops) > 0) and np.all(np.diff(naive.bytes_moved) > 0)
+    for name in ("dynamic", "kvviz", "static"):
+        steps = llama_result.path(name).steps
+        assert steps.position == naive.position
+        assert steps.tokens_processed == (1,) * (SMALL.tokens - 1)
+        assert all(f < n for f, n in zip(steps.flops, naive.flops))
+
+
+def test_runs_spreads_and_cold_times_are_consistent(llama_result):
+    for path in llama_result.measured:
+        assert path.runs == SMALL.runs_for(path.path)
+        assert path.ms_per_token.low <= path.ms_per_token.median <= path.ms_per_token.high
+        assert path.cold_prefill_ms > 0
+        if path.path != "generate":
+            assert len(path.steps) == SMALL.tokens - 1
+            assert all(lo <= med <= hi for lo, med, hi in
+                       zip(path.steps.low_ms, path.steps.median_ms, path.steps.high_ms))
+            assert path.cold_first_step_ms > 0
+            assert path.total_ms.median >= path.prefill_ms.low
+    generate = llama_result.path("generate")
+    assert not len(generate.steps) and generate.total_ms.median > 0
+
+
+def test_a_progress_callback_sees_every_phase_and_can_stop_the_benchmark(tiny_llama):
+    events: list[BenchProgress] = []
+    result = run_benchmark(tiny_llama, replace(SMALL, paths=("dynamic", "static")), events.append)
+    assert result.complete
+    assert [e.fraction for e in events] == sorted(e.fraction for e in events) and events[-1].fraction == 1.0
+    assert {e.path for e in events} >= {"dynamic", "static"}
+    assert sum(e.partial is not None for e in events) == 2 * SMALL.repeats  # one after every timed run
+
+    seen: list[BenchProgress] = []
+
+    def stop_after_first_run(event: BenchProgress) -> bool:
+        seen.append(event)
+        return event.partial is None  # stop as soon as one timed run has finished
+
+    stopped = run_benchmark(tiny_llama, replace(SMALL, paths=("dynamic", "static")), stop_after_first_run)
+    assert not stopped.complete
+    assert stopped.path("dynamic").ok and stopped.path("dynamic").runs == 1
+    assert stopped.path("static").status == "stopped"
+
+
+def test_bad_settings_raise_one_sentence_input_errors(tiny_llama):
+    for config, words in [
+        (replace(SMALL, tokens=1), "at least 2"),
+        (replace(SMALL, paths=("warp",)), "Unknown path 'warp'"),
+        (replace(SMALL, paths=()), "No path"),
+        (replace(SMALL, prompt_tokens=1000, tokens=100), "exceeds the context"),
+    ]:
+        with pytest.raises(InputError, match=words):
+            run_benchmark(tiny_llama, config)
+    assert parse_paths(["generate,naive", "static"]) == ("naive", "static", "generate")
+
+
+# ----- GPU paths ------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("compile_first", [False, True])
+def test_graphs_path_replays_the_static_step_and_matches_the_dynamic_tokens(compile_first):
+    loaded = varied_model("tiny-llama", device="cuda", dtype="float32")
+    config = replace(SMALL, paths=("dynamic", "static", "graphs"), graphs_compile=compile_first)
+    result = run_benchmark(loaded, config)
+    graphs = result.path("graphs")
+    assert graphs.ok, graphs.reason
+    assert graphs.cold_setup_ms > 0 and graphs.steps.tokens_processed == (1,) * (SMALL.tokens - 1)
+    assert graphs.tokens == result.path("dynamic").tokens == result.path("static").tokens
+
+
+@pytest.mark.gpu
+@cuda
+def test_peak_of_a_cuda_device_comes_from_the_table_or_a_measurement():
+    from kvviz.roofline import device_peak
+
+    peak = device_peak("cuda", torch.bfloat16)
+    assert peak.memory_bytes_per_s > 1e11 and peak.flops_per_s > 1e12
+
+
+# ----- token check, fit, crossover ------------------------------------------------------------------------------
+
+def _path(name: str, tokens: tuple[int, ...], ms: list[float] | None = None, prompt: int = 10,
+          prefill: float = 5.0) -> PathResult:
+    ms = ms or [1.0] * (len(tokens) - 1)
+    positions = tuple(range(prompt + 1, prompt + 1 + len(ms)))
+    steps = StepSeries(positions, tuple(ms), tuple(ms), tuple(ms),
+                       positions if name == "naive" else (1,) * len(ms), (1e6,) * len(ms), (1e6,) * len(ms))
+    total = prefill + sum(ms)
+    return PathResult(name, name, "ok", runs=1, tokens=tokens, prefill_ms=Spread(prefill, prefill, prefill),
+                      ms_per_token=Spread.of([float(np.mean(ms))]), total_ms=Spread(total, total, total),
+                      steps=steps)
+
+
+def _result(paths: tuple[PathResult, ...], tokens: int, prompt: int = 10) -> BenchResult:
+    env = Environment("m", "model", "llama", 1, "cpu", "a CPU", "float32", "t", "tf", "k", "py", "os", 2, None)
+    return BenchResult(env, BenchConfig(tokens=tokens, prompt_tokens=prompt), DevicePeak(1e10, "x", 1e11, "y"),
+                       paths, "2025-01-01T00:00:00+00:00", 1.0)
+
+
+def test_check_tokens_reports_the_first_difference_against_dynamic():
+    paths = (_path("naive", (1, 2, 3, 4)), _path("dynamic", (1, 2, 3, 4)), _path("static", (1, 2, 9, 4)),
+             PathResult("graphs", "graphs", "skipped", "no GPU"))
+    checked, reference = check_tokens(paths)
+    assert reference == "dynamic"
+    assert [(p.matches_reference, p.first_mismatch) for p in checked] == [
+        (True, None), (True, None), (False, 2), (None, None)]
+
+
+def test_fit_recovers_a_and_b_of_synthetic_quadratic_data():
+    n = np.arange(1, 201, dtype=float)
+    exact = fit_quadratic(n, 3.0 * n + 0.5 * n**2)
+    assert exact.a == pytest.approx(3.0) and exact.b == pytest.approx(0.5) and exact.r2 == pytest.approx(1.0)
+    noise = np.random.default_rng(0).normal(0.0, 50.0, n.size)
+    noisy = fit_quadratic(n, 3.0 * n + 0.5 * n**2 + noise)
+    assert noisy.b == pytest.approx(0.5, rel=0.02) and 0.99 < noisy.r2 < 1.0
+    flat = fit_quadratic(n, 40.0 * n)
+    assert flat.a == pytest.approx(40.0) and flat.b == pytest.approx(0.0, abs=1e-9)
+    assert fit_quadratic([1.0, 2.0], [1.0, 2.0]) is None
+
+
+def test_naive_fit_and_crossover_on_synthetic_steps():
+    # Naive token j (0 = the prefill, at position 10) costs 20 + 0.5·(10 + j) ms, so n tokens take
+    # Σ (25 + 0.5·j) = 25·n + 0.25·n·(n − 1) = 24.75·n + 0.25·n². Cached steps cost 30 ms.
+    prompt, tokens = 10, 101
+    naive_ms = [20.0 + 0.5 * (prompt + k) for k in range(1, tokens)]
+    ids = tuple(range(tokens))
+    result = _result((_path("naive", ids, naive_ms, prompt, prefill=20.0 + 0.5 * prompt),
+                      _path("dynamic", ids, [30.0] * (tokens - 1), prompt)), tokens, prompt)
+    fit = result.naive_fit()
+    assert fit.b == pytest.approx(0.25) and fit.a == pytest.approx(24.75) and fit.r2 == pytest.approx(1.0)
+    assert result.crossover_position("dynamic") == 21  # 20 + 0.5·21 = 30.5 > 30 first at position 21
+    assert result.predicted_crossover_position("dynamic") == pytest.approx(20.0)  # where 20 + 0.5·p = 30
+    assert result.growth("naive") > 1.5 and result.growth("dynamic") == pytest.approx(1.0)
+    summary = result.to_dict()["summary"]
+    assert summary["naive_fit"]["r2"] == pytest.approx(1.0) and summary["crossover_position"]["dynamic"] == 21
+
+
+# ----- JSON format ----------------------------------------------------------------------------------------------
+
+PATH_FIELDS = {"path", "label", "status", "reason", "runs", "tokens", "matches_reference", "first_mismatch",
+               "prefill_ms", "ms_per_token", "total_ms", "cold", "steps"}
+STEP_FIELDS = {"position", "median_ms", "min_ms", "max_ms", "tokens_processed", "flops", "bytes"}
+
+
+def test_json_has_the_documented_fields_and_round_trips(llama_result):
+    import transformers
+
+    data = json.loads(llama_result.to_json())
+    assert data["format"] == FORMAT and data["format_version"] == 1 and data["complete"] is True
+    assert set(data) == {"format", "format_version", "created", "complete", "wall_seconds", "environment",
+                         "config", "peak", "reference_path", "paths", "summary"}
+    env = data["environment"]
+    assert env["torch"] == torch.__version__ and env["transformers"] == transformers.__version__
+    assert env["device"] == "cpu" and env["dtype"] == "float32" and env["device_name"] and env["threads"] >= 1
+    assert set(env) == {"model", "model_name", "architecture", "parameters", "device", "device_name", "dtype",
+                        "torch", "transformers", "kvviz", "python", "platform", "threads", "cuda", "load_average",
+                        "cpus"}
+    assert set(data["config"]) == {"tokens", "prompt_tokens", "paths", "repeats", "naive_repeats",
+                                   "warmup_tokens", "graphs_compile"}
+    assert set(data["peak"]) == {"memory_bytes_per_s", "memory_source", "flops_per_s", "flops_source"}
+    assert [p["path"] for p in data["paths"]] == list(PATHS)
+    for path in data["paths"]:
+        assert set(path) == PATH_FIELDS and set(path["steps"]) == STEP_FIELDS
+        assert set(path["cold"]) == {"setup_ms", "prefill_ms", "first_step_ms"}
+        if path["status"] == "ok":
+            assert set(path["ms_per_token"]) == {"median", "min", "max"}
+    assert set(data["summary"]) == {"all_match", "naive_fit", "crossover_position", "predicted_crossover_position",
+                                    "growth", "speedup_vs_naive"}
+    again = BenchResult.from_json(llama_result.to_json())
+    assert again.to_dict() == json.loads(llama_result.to_json())
+    with pytest.raises(ValueError, match="not a kvviz benchmark"):
+        BenchResult.from_json('{"format": "something else"}')
+
+
+def test_the_format_document_names_every_field():
+    text = (Path(__file__).parent.parent / "docs" / "bench-format.md").read_text(encoding="utf-8")
+    for name in PATH_FIELDS | STEP_FIELDS | {"format_version", "environment", "summary", "naive_fit", "growth"}:
+        assert f"`{name}`" in text, name
+
+
+# ----- roofline -------------------------------------------------------------------------------------------------
+
+def test_bytes_per_step_count_weights_and_the_kv_read_and_written(tiny_llama):
+    card = tiny_llama.card
+    weights = weight_bytes_read(tiny_llama.model)
+    assert weights == sum(p.numel() * 4 for p in tiny_llama.model.parameters())  # tied embeddings: all read
+    per_position = kv_bytes_per_position(card, torch.float32)
+    assert per_position == 2 * card.layers * card.kv_heads * card.head_dim * 4
+    assert step_bytes(weights, per_position, context=100, new_tokens=1) == weights + per_position * 101
+    assert step_bytes(weights, per_position, context=100, new_tokens=1, window=10) == weights + per_position * 11
+
+
+def test_known_gpus_match_whole_words_and_memory_bandwidth_is_measured():
+    assert known_gpu("NVIDIA H100 80GB HBM3").label == "NVIDIA H100 SXM"
+    assert known_gpu("NVIDIA H100 PCIe").label == "NVIDIA H100 PCIe"
+    assert known_gpu("NVIDIA A100-SXM4-80GB").label == "NVIDIA A100 80GB SXM"
+    assert known_gpu("NVIDIA L40") is None and known_gpu("NVIDIA L4").label == "NVIDIA L4"
+    assert measure_memory_bandwidth("cpu", nbytes=8 * 2**20, repeats=2) > 1e8
+
+
+# ----- charts ---------------------------------------------------------------------------------------------------
+
+BUILDERS = [charts.latency_figure, charts.cumulative_figure, charts.speedup_figure, charts.roofline_figure,
+            charts.bandwidth_figure, charts.per_token_figure]
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_every_chart_works_with_nothing_measured(builder):
+    skipped = _result((PathResult("graphs", "graphs", "skipped", "no GPU"),), tokens=8)
+    for result in (None, skipped):
+        fig = builder(result)
+        assert fig.layout.title.text.split("<br>")[0].endswith("?")
+        assert fig.layout.annotations  # says what to do instead of drawing empty axes
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_every_chart_draws_each_measured_path_with_units_and_the_device(builder, llama_result):
+    fig = builder(llama_result)
+    names = {trace.name for trace in fig.data if trace.name}
+    title = fig.layout.title.text
+    assert "cpu" in title and "float32" in title
+    if builder is not charts.per_token_figure:
+        assert {"dynamic", "kvviz", "static"} <= names
+        assert any(unit in (fig.layout.yaxis.title.text or "") for unit in ("ms", "(s)", "×", "GFLOP/s", "%"))
+    else:
+        assert list(fig.data[0].x) == list(CPU_PATHS)
+
+
+def test_charts_handle_a_two_thousand_token_run():
+    tokens, prompt = 2000, 16
+    naive_ms = [5.0 + 0.01 * (prompt + k) for k in range(1, tokens)]
+    ids = tuple(range(tokens))
+    result = _result((_path("naive", ids, naive_ms, prompt), _path("kvviz", ids, [4.0] * (tokens - 1), prompt)),
+                     tokens, prompt)
+    for builder in BUILDERS:
+        fig = builder(result)
+        assert fig.data
+    fig = charts.cumulative_figure(result)
+    assert any(trace.name and trace.name.startswith("naive fit") and "R² = 1.000" in trace.name for trace in fig.data)
+    assert charts.speedup_figure(result).layout.shapes  # break-even line and the crossover marker
+    rows = charts.summary_rows(result)
+    assert [row["path"] for row in rows] == ["naive", "kvviz"] and rows[1]["same tokens"] == "–"
+
+
+# ----- command line ---------------------------------------------------------------------------------------------
+
+def kvviz(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvviz", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_prints_a_table_and_writes_the_json(tmp_path):
+    target = tmp_path / "out" / "bench.json"
+    result = kvviz("bench", "--model", "tiny-gpt2", "--tokens", "6", "--prompt-tokens", "4", "--repeats", "1",
+                   "--paths", "naive,dynamic", "static", "--json", str(target))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("path"))
+    assert header.split()[:3] == ["path", "prefill", "ms/token"]
+    rows = [line.split()[0] for line in lines if line and not line.startswith(("#", "path"))]
+    assert rows == ["naive", "dynamic", "static"]
+    data = json.loads(target.read_text())
+    assert data["config"]["paths"] == ["naive", "dynamic", "static"] and data["summary"]["all_match"] is True
+    assert data["environment"]["model"] == "tiny-gpt2"
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["--tokens", "0"], "must be at least 1"),
+        (["--tokens", "1"], "at least 2"),
+        (["--tokens", "many"], "whole number"),
+        (["--paths", "warp"], "Unknown path 'warp'"),
+        (["--prompt-tokens", "1020", "--tokens", "10"], "exceeds the context"),
+        (["--model", "no-such-model"], "Unknown model"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_one_line(args, reason):
+    base = ["bench", "--model", "tiny-llama", "--tokens", "4"]
+    result = kvviz(*base, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kvviz: error:") and reason in lines[0], result.stderr
+    assert result.stdout == ""

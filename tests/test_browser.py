@@ -1,0 +1,89 @@
+"""End to end in a real browser: ``streamlit run app.py`` driven by headless Chromium, on the default SmolLM2.
+
+Needs Debian's Chromium at /usr/bin/chromium (``make browser`` installs it). Without it the test is skipped with
+the reason, unless ``KVVIZ_REQUIRE_BROWSER=1`` (``make test`` sets it), where a missing browser is a failure.
+The screenshot it takes goes to pytest's temporary folder; ``scripts/screenshot.py`` makes the README's picture.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from app_driver import CHROMIUM, STEP_TIMEOUT_MS, StepPage, launch_chromium, running_app
+
+pytestmark = pytest.mark.browser
+
+
+def _require_browser() -> None:
+    reason = None
+    if not CHROMIUM.exists():
+        reason = f"no Chromium at {CHROMIUM} (run `make browser`)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "Python Playwright is not installed (pip install -r requirements-dev.txt)"
+    if reason is None:
+        return
+    if os.environ.get("KVVIZ_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"KVVIZ_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def test_step_through_in_a_real_browser(tmp_path):
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    log = tmp_path / "streamlit.log"  # the server's output, for reading when this test fails
+    with running_app(log_path=log) as url, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = StepPage(browser.new_page(viewport={"width": 1400, "height": 1500}), url).open()
+            assert page.status() is None and page.chips() == []
+
+            after_prefill = page.prefill()
+            prompt_chips = page.chips()
+            assert after_prefill.cache_tokens == len(prompt_chips) - 1  # every cached token, plus the newest
+            assert prompt_chips[-1] == "The"  # SmolLM2 starts its answer
+
+            for expected_step in (1, 2, 3):
+                status = page.next_token()
+                assert status.step == expected_step
+                assert status.cache_tokens == after_prefill.cache_tokens + expected_step
+            chips = page.chips()
+            assert len(chips) == len(prompt_chips) + 3
+            assert "".join(chips[-4:]) == "The capital of France"
+            assert page.page.get_by_text("same token", exact=False).count() >= 1
+
+            # Play generates the number of tokens asked for, redrawing the page after each one.
+            page.set_play_tokens(2)
+            page.click("Play")
+            page.wait_for_step(5)
+            expect(page.button("Stop")).to_be_disabled(timeout=STEP_TIMEOUT_MS)  # disabled = not playing
+            page.wait_idle()
+            status = page.status()
+            assert status.step == 5
+            assert "".join(page.chips()[-6:]) == "The capital of France is Paris"
+
+            # Another browser session starts from nothing and never sees this session's tokens. There a long
+            # answer is started with Play, and Stop ends it well before the 16 tokens Play was asked for.
+            other = StepPage(browser.new_context(viewport={"width": 1400, "height": 1000}).new_page(), url).open()
+            assert other.status() is None and other.chips() == []
+            other.set_prompt("Tell me a long story about a dragon who learns to fly.")
+            other.prefill()
+            other.click("Play")
+            other.wait_for_step(2)
+            other.click("Stop")
+            expect(other.button("Stop")).to_be_disabled(timeout=STEP_TIMEOUT_MS)
+            other.wait_idle()
+            assert 2 <= other.status().step < 16
+            assert other.page.get_by_text("Stopped.").count() == 1
+            assert "dragon" in "".join(other.chips())
+            assert page.status() == status and "dragon" not in "".join(page.chips())
+
+            shot = page.screenshot(tmp_path / "step-through.png")
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()

@@ -1,0 +1,53 @@
+"""The Speed page under Streamlit's AppTest: idle, a benchmark on a tiny model, a rerun after a stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+PAGE = str(Path(__file__).parent.parent / "pages" / "speed.py")
+
+
+def _page() -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=300)
+
+
+def test_idle_page_explains_what_to_do_and_loads_no_model():
+    at = _page().run()
+    assert not at.exception
+    assert at.selectbox(key="speed_model").value == "smollm2-135m"
+    assert any("Run benchmark" in info.value for info in at.info)
+    assert not at.get("plotly_chart") and not at.metric
+
+
+def test_running_a_small_benchmark_shows_every_path_and_chart():
+    at = _page().run()
+    at.selectbox(key="speed_model").set_value("tiny-llama")
+    at.slider(key="speed_tokens").set_value(8)
+    at.slider(key="speed_prompt_tokens").set_value(8)
+    at.slider(key="speed_repeats").set_value(1)
+    at.button(key="speed_run").click().run()
+    assert not at.exception and not at.error
+    labels = [metric.label for metric in at.metric]
+    assert labels == [f"{name} · ms/token" for name in ("naive", "dynamic", "kvviz", "static", "generate")]
+    assert all(float(metric.value) > 0 for metric in at.metric)
+    assert any("graphs" in info.value and "CUDA" in info.value for info in at.info)
+    assert not any("same tokens" in warning.value for warning in at.warning)
+    assert len(at.get("plotly_chart")) == 6
+    table = at.dataframe[0].value
+    assert list(table["path"]) == ["naive", "dynamic", "kvviz", "static", "graphs", "generate"]
+    assert list(table["same tokens"].dropna()) == ["yes"] * 5
+    assert any("tiny-llama" in markdown.value and "cpu" in markdown.value for markdown in at.markdown)
+
+    at.toggle(key="speed_log_y").set_value(False).run()  # a rerun keeps the session's result
+    assert len(at.metric) == 5 and len(at.get("plotly_chart")) == 6
+
+
+def test_a_rerun_during_a_benchmark_is_reported_as_a_stop():
+    at = _page()
+    # What a click on Stop leaves behind: Streamlit interrupted the run that had marked itself running.
+    at.session_state["kvviz_speed_status"] = "running"
+    at.run()
+    assert not at.exception
+    assert any(warning.value.startswith("Stopped.") and "No timed run" in warning.value for warning in at.warning)
