@@ -2,6 +2,9 @@
 
 import streamlit as st
 
+# Imported once here, before any page runs: two sessions importing transformers at once can race.
+import kvviz.attention  # noqa: F401
+
 st.set_page_config(page_title="kvviz — see the KV cache", page_icon="🔑", layout="wide")
 st.navigation(
     [

@@ -51,3 +51,16 @@ def test_a_rerun_during_a_benchmark_is_reported_as_a_stop():
     at.run()
     assert not at.exception
     assert any(warning.value.startswith("Stopped.") and "No timed run" in warning.value for warning in at.warning)
+
+
+def test_settings_beyond_the_context_show_one_error_and_no_stale_run():
+    at = _page().run()
+    at.selectbox(key="speed_model").set_value("tiny-llama")
+    at.slider(key="speed_tokens").set_value(1024)  # + 32 prompt tokens > tiny-llama's 1,024-token context
+    at.button(key="speed_run").click().run()
+    assert not at.exception
+    assert [error.value for error in at.error] == [
+        "Prompt tokens + tokens = 1056 exceeds the context of 1024 tokens of tiny-llama (random weights, seed 0)."]
+    assert not at.get("progress")
+    at.run()  # the next rerun must not mistake the refused run for a stopped one
+    assert not any(warning.value.startswith("Stopped.") for warning in at.warning)

@@ -50,6 +50,16 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, result: Benc
     return fig
 
 
+def _log_ticks(values: np.ndarray) -> list[float]:
+    """1-2-5 ticks spanning ``values``: Plotly's own log ticks label 200 and 500 as a bare "2" and "5"."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if not positive.size:
+        return []
+    low, high = np.floor(np.log10(positive.min())), np.ceil(np.log10(positive.max()))
+    ticks = [m * 10.0**e for e in range(int(low), int(high) + 1) for m in (1, 2, 5)]
+    return [t for t in ticks if positive.min() / 2 <= t <= positive.max() * 2]
+
+
 def _empty(fig: go.Figure, text: str = "Run a benchmark to see this chart.") -> go.Figure:
     fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     fig.update_xaxes(showticklabels=False)
@@ -98,7 +108,8 @@ def latency_figure(result: BenchResult | None, log_y: bool = True) -> go.Figure:
                            "<extra></extra>"),
         ))
     if log_y:
-        fig.update_yaxes(type="log")
+        every = np.concatenate([np.asarray(p.steps.low_ms + p.steps.high_ms) for p in paths])
+        fig.update_yaxes(type="log", tickvals=_log_ticks(every), tickformat="~g")
     return fig
 
 
@@ -192,11 +203,13 @@ def roofline_figure(result: BenchResult | None) -> go.Figure:
     x = np.geomspace(low, high, 200)
     roof = np.minimum(peak.flops_per_s, x * peak.memory_bytes_per_s) / 1e9
     fig.add_trace(go.Scatter(
-        x=x, y=roof, mode="lines", line={"color": FORMULA, "width": 2}, name="roof: min(compute, bandwidth × intensity)",
+        x=x, y=roof, mode="lines", line={"color": FORMULA, "width": 2},
+        name="roof: min(compute, bandwidth × intensity)",
         hovertemplate="roof at %{x:.2f} FLOP/byte: %{y:.0f} GFLOP/s<extra></extra>",
     ))
-    fig.update_xaxes(type="log")
-    fig.update_yaxes(type="log")
+    fig.update_xaxes(type="log", tickvals=_log_ticks(x), tickformat="~g")
+    achieved = np.concatenate([np.asarray(t.y, dtype=float) for t in fig.data])
+    fig.update_yaxes(type="log", tickvals=_log_ticks(achieved), tickformat="~g")
     fig.add_annotation(x=np.log10(low * 1.5), y=np.log10(low * 1.5 * peak.memory_bytes_per_s / 1e9),
                        text=f"{peak.memory_bytes_per_s / 1e9:.0f} GB/s", showarrow=False, yshift=12,
                        xanchor="left", font={"color": FORMULA})
