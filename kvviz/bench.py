@@ -619,11 +619,9 @@ def format_table(result: BenchResult) -> str:
         lines.append(f"# naive cumulative time over n new tokens ~ a*n + b*n^2: a = {fit.a:.2f} ms, "
                      f"b = {fit.b:.4f} ms, R^2 = {fit.r2:.4f}")
     for name in ("dynamic", "kvviz", "static", "graphs"):
-        measured, predicted = result.crossover_position(name), result.predicted_crossover_position(name)
-        if measured is not None or predicted is not None:
-            lines.append(f"# {name} beats naive at every step from position "
-                         f"{measured if measured is not None else 'not within this run'}"
-                         + (f" (fit predicts {predicted:.0f})" if predicted is not None else ""))
+        sentence = result.crossover_sentence(name)
+        if sentence is not None:
+            lines.append(f"# {sentence}")
         growth = result.growth(name)
         if growth is not None:
             lines.append(f"# {name}: last 10 steps / steps 5-15 = {growth:.2f}x")

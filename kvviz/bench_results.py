@@ -338,6 +338,15 @@ class BenchResult:
                 start = None
         return start
 
+    def crossover_sentence(self, path: str) -> str | None:
+        """"<path> beats naive at every step from position N (fit predicts M)", or None with nothing to say."""
+        measured, predicted = self.crossover_position(path), self.predicted_crossover_position(path)
+        if measured is None and predicted is None:
+            return None
+        where = measured if measured is not None else "— (not within this run)"
+        return f"{path} beats naive at every step from position {where}" + (
+            f" (the naive fit predicts {predicted:.0f})" if predicted is not None else "")
+
     def predicted_crossover_position(self, path: str) -> float | None:
         """Where the naive step time from the fit (a + b·(2n − 1)) first exceeds the path's median ms per token."""
         fit, other = self.naive_fit(), self.path(path)

@@ -102,11 +102,9 @@ with tabs[2]:
 with tabs[3]:
     st.plotly_chart(charts.speedup_figure(result), key="speed_chart_speedup")
     for name in ("kvviz", "dynamic", "static", "graphs"):
-        measured_at, predicted_at = result.crossover_position(name), result.predicted_crossover_position(name)
-        if measured_at is not None or predicted_at is not None:
-            st.markdown(f"**{name}** beats naive at every step from position "
-                        f"{measured_at if measured_at is not None else '— (not within this run)'}"
-                        + (f"; the naive fit predicts {predicted_at:.0f}." if predicted_at is not None else "."))
+        sentence = result.crossover_sentence(name)
+        if sentence is not None:
+            st.markdown(sentence + ".")
 with tabs[4]:
     st.plotly_chart(charts.roofline_figure(result), key="speed_chart_roofline")
     st.caption(f"Peak bandwidth: {result.peak.memory_source}. Peak compute: {result.peak.flops_source}.")
