@@ -167,7 +167,8 @@ def cost_panel(trace: Trace) -> None:
         "feeds one token and its time stays nearly flat; the naive path re-reads the whole sequence every step, so "
         "its time grows with it. Over a short context the two are close on a CPU; the gap opens as it grows. "
         "The cached path here also records attention weights and K/V rows for these charts, which costs it a "
-        "few milliseconds per step."
+        "few milliseconds per step. The two paths take turns running first, because a browser drawing the last "
+        "token on the same CPU slows whichever runs first; the Speed page measures without that noise."
     )
     timing = charts.timing_summary(trace)
     if timing is not None:

@@ -104,9 +104,27 @@ class Status:
 class StepPage:
     """The home page in a browser tab, with the few actions the tests and scripts need."""
 
-    def __init__(self, page: Any, url: str) -> None:
+    def __init__(self, page: Any, url: str, log_path: Path | None = None) -> None:
         self.page = page
         self.url = url
+        self.log_path = log_path  # the server's output, quoted when a wait times out
+
+    def describe(self) -> str:
+        """What the page shows now (status, badges, messages, exceptions) and the server log's tail: for the
+        message of a failed wait, so a failure far away (CI) can be understood from its output alone."""
+        main = self.page.get_by_test_id("stMainBlockContainer")
+        parts = [f"status line: {self.status()}"]
+        for test_id in ("stMarkdownContainer", "stAlert", "stException"):
+            texts = [t.strip() for t in main.get_by_test_id(test_id).all_inner_texts() if t.strip()]
+            parts.append(f"{test_id}: {[t[:120] for t in texts[:16]]}")
+        for label in ("Play", "Stop"):
+            if self.button(label).count():
+                parts.append(f"{label} button enabled: {self.button(label).is_enabled()}")
+        running = self.page.get_by_test_id("stStatusWidget").count()
+        parts.append(f"Streamlit status widget shown: {bool(running)}")
+        if self.log_path is not None and self.log_path.exists():
+            parts.append("server log (tail):\n" + self.log_path.read_text(errors="replace")[-3000:])
+        return "\n".join(parts)
 
     def open(self) -> "StepPage":
         self.page.goto(self.url)
@@ -123,12 +141,31 @@ class StepPage:
                               float(naive.replace(",", "")) if naive else None)
         return None
 
-    def wait_for_step(self, step: int) -> Status:
-        """Wait until the page shows the result of call ``step`` (0 = prefill) and Streamlit has finished."""
-        label = "prefill" if step == 0 else f"step {step}"
-        self.page.locator('[data-testid="stMarkdownContainer"]',
-                          has_text=re.compile(rf"^{label} · ")).first.wait_for(timeout=STEP_TIMEOUT_MS)
-        self.wait_idle()
+    def wait_for_step(self, step: int, timeout_ms: int = STEP_TIMEOUT_MS, idle: bool = True) -> Status:
+        """Wait until the page shows call ``step`` or a later one (0: a prefill); with ``idle``, also until Streamlit
+        has finished. Returns the status line then shown.
+
+        "Or a later one": while Play runs, the browser may skip drawing a step whose successor arrives before it
+        has painted it (seen: step 1, then step 3), so waiting for one exact intermediate step can wait forever.
+        A caller that knows where the page must stop asserts the returned step itself.
+        """
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            self.page.wait_for_function(
+                """([target]) => Array.from(document.querySelectorAll('[data-testid=stMarkdownContainer]')).some(el => {
+                     const match = el.textContent.trim().match(/^(prefill|step (\\d+)) · /);
+                     if (match === null) return false;
+                     return target === 0 ? match[1] === "prefill" : Number(match[2] || 0) >= target;
+                   })""",
+                arg=[step], timeout=timeout_ms,
+            )
+        except PlaywrightTimeout:
+            label = "prefill" if step == 0 else f"step {step}"
+            raise AssertionError(f"{label} did not appear within {timeout_ms / 1000:.0f} s. The page:\n"
+                                 f"{self.describe()}") from None
+        if idle:
+            self.wait_idle()
         status = self.status()
         assert status is not None
         return status

@@ -40,7 +40,7 @@ def test_step_through_in_a_real_browser(tmp_path):
     with running_app(log_path=log) as url, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
-            page = StepPage(browser.new_page(viewport={"width": 1400, "height": 1500}), url).open()
+            page = StepPage(browser.new_page(viewport={"width": 1400, "height": 1500}), url, log).open()
             assert page.status() is None and page.chips() == []
 
             after_prefill = page.prefill()
@@ -68,17 +68,18 @@ def test_step_through_in_a_real_browser(tmp_path):
             assert "".join(page.chips()[-6:]) == "The capital of France is Paris"
 
             # Another browser session starts from nothing and never sees this session's tokens. There a long
-            # answer is started with Play, and Stop ends it well before the 16 tokens Play was asked for.
-            other = StepPage(browser.new_context(viewport={"width": 1400, "height": 1000}).new_page(), url).open()
+            # answer is started with Play, and Stop ends it well before the 48 tokens Play was asked for.
+            other = StepPage(browser.new_context(viewport={"width": 1400, "height": 1000}).new_page(), url, log).open()
             assert other.status() is None and other.chips() == []
             other.set_prompt("Tell me a long story about a dragon who learns to fly.")
             other.prefill()
+            other.set_play_tokens(48)
             other.click("Play")
-            other.wait_for_step(2)
+            other.wait_for_step(2, idle=False)
             other.click("Stop")
             expect(other.button("Stop")).to_be_disabled(timeout=STEP_TIMEOUT_MS)
             other.wait_idle()
-            assert 2 <= other.status().step < 16
+            assert 2 <= other.status().step < 48
             assert other.page.get_by_text("Stopped.").count() == 1
             assert "dragon" in "".join(other.chips())
             assert page.status() == status and "dragon" not in "".join(page.chips())

@@ -138,6 +138,22 @@ def test_compare_stepper_reports_agreement(tiny_gpt2):
     assert records[-1].naive_tokens_processed == records[-1].sequence_length
 
 
+def test_compare_stepper_alternates_which_path_runs_first(tiny_gpt2, monkeypatch):
+    """Order bias: whatever slows the machine right after a step must not always land on the same path."""
+    stepper = CompareStepper(tiny_gpt2)
+    order = []
+    for path in (stepper.cached, stepper.naive):
+        original = path._call
+        monkeypatch.setattr(path, "_call", lambda kind, new_ids, _p=path, _f=original: order.append(_p.path) or
+                            _f(kind, new_ids))
+    stepper.prefill(PROMPT)
+    records = [stepper.step() for _ in range(4)]
+    firsts = order[2::2]  # after the prefill pair, the first path of each step
+    assert firsts == ["cached", "naive", "cached", "naive"]
+    assert [r.index for r in records] == [1, 2, 3, 4] and all(r.same_token for r in records)
+    assert stepper.cached.ids == stepper.naive.ids
+
+
 def test_seeded_sampling_is_reproducible_and_differs_from_greedy(tiny_llama):
     def tokens(sampling):
         stepper = Stepper(tiny_llama, sampling=sampling)
