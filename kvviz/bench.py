@@ -15,7 +15,8 @@ Paths (``bench_results.PATHS``), each a loop that prefills a prompt and then dec
   per-token figure is its total time over the N tokens (prefill included; a separate one-token call gives its
   time to first token).
 
-Honest timing: every path first does one short warm-up run whose times are reported apart as *cold*; then
+Honest timing: every path first does one short warm-up run whose times are reported apart (``cold``: the path's
+first calls in this process; only the first path measured also pays process-wide first-use costs); then
 ``repeats`` timed runs (``naive_repeats`` for the quadratic naive path), interleaved path by path so that a
 machine getting busier or quieter affects every path alike. Each step is timed with ``DeviceTimer`` (device
 synchronised) from feeding its input to holding the chosen token id on the host. Token ids are compared across
@@ -233,10 +234,19 @@ class _GraphRunner(_StaticRunner):
     """The static decode step captured once as a CUDA graph; each step replays it."""
 
     def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
+        super().__init__(loaded, config)
+        # Only a plain full-attention StaticLayer keeps its length in a device tensor that the graph reads at each
+        # replay; sliding-window, indexed or linear-attention layers keep it as a Python number, which a captured
+        # graph would freeze at its capture value (every replay writing the same position).
+        from transformers.cache_utils import StaticLayer
+
+        others = sorted({type(layer).__name__ for layer in self.cache.layers if type(layer) is not StaticLayer})
+        if others:
+            raise _Skip(f"captures only plain full-attention static cache layers; this model also has "
+                        f"{', '.join(others)}")
         if loaded.device.type != "cuda":
             raise _Skip(f"needs a CUDA GPU: a CUDA graph replays recorded GPU kernel launches, and this run is on "
                         f"{loaded.device.type}")
-        super().__init__(loaded, config)
         self.graph: Any = None
 
     def setup(self, prompt: list[int]) -> float | None:
@@ -591,11 +601,11 @@ def format_table(result: BenchResult) -> str:
         f"# {env.describe()}; torch threads: {env.threads}",
         f"# prompt {config.prompt_tokens} tokens, {config.tokens} new tokens; {config.repeats} timed runs "
         f"({config.naive_repeats} for naive) after a {config.warmup_tokens}-token warm-up; ms are medians "
-        "[min-max] across runs; @N is the decode step at position N (prompt + step); cold 1st is the warm-up's "
-        "first decode step",
+        "[min-max] across runs; @N is the decode step at position N (prompt + step); 1st call is the "
+        "path's first decode step (its warm-up)",
         f"{'path':9s} {'prefill':>8s} {'ms/token':>9s} {'[min-max]':>15s} "
         + " ".join(f"{'@' + str(m):>8s}" for m in marks)
-        + f" {'cold 1st':>9s} {'vs naive':>8s}  tokens",
+        + f" {'1st call':>9s} {'vs naive':>8s}  tokens",
     ]
     for path in result.paths:
         if not path.ok:
@@ -618,6 +628,11 @@ def format_table(result: BenchResult) -> str:
     if fit is not None:
         lines.append(f"# naive cumulative time over n new tokens ~ a*n + b*n^2: a = {fit.a:.2f} ms, "
                      f"b = {fit.b:.4f} ms, R^2 = {fit.r2:.4f}")
+    step_fit = result.naive_step_fit()
+    if step_fit is not None:
+        lines.append(f"# naive ms per step ~ c + d*position: c = {step_fit.intercept:.2f} ms, "
+                     f"d = {step_fit.slope:.4f} ms/token, R^2 = {step_fit.r2:.4f}"
+                     + ("  (no growth measured)" if step_fit.slope <= 0 else ""))
     for name in ("dynamic", "kvviz", "static", "graphs"):
         sentence = result.crossover_sentence(name)
         if sentence is not None:

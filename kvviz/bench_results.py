@@ -33,6 +33,7 @@ JSON format (``format: "kvviz-bench"``, ``format_version: 1``; ``docs/bench-form
       "summary": {                           # derived from the above, for readers without kvviz
           "all_match": true,
           "naive_fit": {"a_ms", "b_ms", "r2", "points"} | null,   # naive cumulative ms ≈ a·n + b·n²
+          "naive_step_fit": {"intercept_ms", "slope_ms_per_token", "r2", "points"} | null,  # naive step ms ≈ c + d·T
           "crossover_position": {"<path>": int | null, ...},       # from here on the path beats naive each step
           "predicted_crossover_position": {"<path>": float | null, ...},   # the same from the naive fit
           "growth": {"<path>": float | null, ...},                 # median of last 10 steps / steps 5–15
@@ -282,6 +283,29 @@ def fit_quadratic(x: Sequence[float], y: Sequence[float]) -> QuadraticFit | None
 
 
 @dataclass(frozen=True)
+class LinearFit:
+    """y ≈ intercept + slope·x, least squares, with its R²."""
+
+    intercept: float
+    slope: float
+    r2: float
+    points: int
+
+
+def fit_linear(x: Sequence[float], y: Sequence[float]) -> LinearFit | None:
+    """Least-squares line through (x, y); None with fewer than 3 points."""
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
+    if xs.size < 3 or xs.size != ys.size or np.ptp(xs) == 0:
+        return None
+    slope, intercept = np.polyfit(xs, ys, 1)
+    residual = float(np.sum((ys - (intercept + slope * xs)) ** 2))
+    total = float(np.sum((ys - ys.mean()) ** 2))
+    r2 = 1.0 - residual / total if total > 0 else 1.0
+    return LinearFit(float(intercept), float(slope), r2, int(xs.size))
+
+
+@dataclass(frozen=True)
 class BenchResult:
     """A whole benchmark: environment, settings, device peaks and one ``PathResult`` per requested path."""
 
@@ -320,6 +344,31 @@ class BenchResult:
         """Naive cumulative time ≈ a·n + b·n²: each step recomputes the whole context, so the sum is quadratic."""
         data = self.naive_cumulative()
         return fit_quadratic(*data) if data is not None else None
+
+    def naive_step_fit(self) -> LinearFit | None:
+        """Naive per-step ms ≈ c + d·position: the sharper test of the quadratic claim.
+
+        A cumulative sum rises steadily whatever the steps do, so the cumulative fit's R² is near 1 almost always;
+        the per-step line shows whether each step really costs more as the context grows (d > 0) and how cleanly.
+        """
+        naive = self.path("naive")
+        if naive is None or not naive.ok or not len(naive.steps):
+            return None
+        return fit_linear(naive.steps.position, naive.steps.median_ms)
+
+    def naive_growth_sentence(self) -> str | None:
+        """What the two naive fits say, in one sentence (None without a naive series)."""
+        cumulative, per_step = self.naive_fit(), self.naive_step_fit()
+        if cumulative is None or per_step is None:
+            return None
+        if cumulative.b <= 0 or per_step.slope <= 0:
+            return (f"No quadratic growth measured: the naive step time does not rise with the context over this "
+                    f"run (per-step slope {per_step.slope:+.4f} ms per token, cumulative b = {cumulative.b:+.4f}); "
+                    "the context is too short for the recompute to dominate on this machine.")
+        return (f"Naive cumulative time ≈ {cumulative.a:.2f}·n + {cumulative.b:.4f}·n² ms over n new tokens "
+                f"(R² = {cumulative.r2:.4f}); per step, naive ≈ {per_step.intercept:.1f} + {per_step.slope:.3f} ms "
+                f"per token of context (R² = {per_step.r2:.3f}, {per_step.points} steps): every step recomputes the "
+                "whole context, so each costs more than the last and the total grows with the square of the length.")
 
     def crossover_position(self, path: str) -> int | None:
         """The first position from which ``path`` is faster than naive at every later measured step."""
@@ -373,11 +422,14 @@ class BenchResult:
 
     # ----- JSON -------------------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        fit = self.naive_fit()
+        fit, step_fit = self.naive_fit(), self.naive_step_fit()
         names = [p.path for p in self.paths if p.path != "naive"]
         return {
             "all_match": self.all_match,
             "naive_fit": None if fit is None else {"a_ms": fit.a, "b_ms": fit.b, "r2": fit.r2, "points": fit.points},
+            "naive_step_fit": None if step_fit is None else {
+                "intercept_ms": step_fit.intercept, "slope_ms_per_token": step_fit.slope, "r2": step_fit.r2,
+                "points": step_fit.points},
             "crossover_position": {name: self.crossover_position(name) for name in names},
             "predicted_crossover_position": {name: self.predicted_crossover_position(name) for name in names},
             "growth": {p.path: self.growth(p.path) for p in self.paths},

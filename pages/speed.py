@@ -94,11 +94,9 @@ with tabs[1]:
     st.plotly_chart(charts.latency_figure(result, log_y=log_y), key="speed_chart_latency")
 with tabs[2]:
     st.plotly_chart(charts.cumulative_figure(result), key="speed_chart_cumulative")
-    fit = result.naive_fit()
-    if fit is not None:
-        st.markdown(f"Naive cumulative time ≈ **{fit.a:.2f}·n + {fit.b:.4f}·n²** ms over n new tokens "
-                    f"(R² = {fit.r2:.4f}, {fit.points} points): every step recomputes the whole context, so the "
-                    "total grows with the square of the length.")
+    growth = result.naive_growth_sentence()
+    if growth is not None:
+        st.markdown(growth)
 with tabs[3]:
     st.plotly_chart(charts.speedup_figure(result), key="speed_chart_speedup")
     for name in ("kvviz", "dynamic", "static", "graphs"):
@@ -119,7 +117,8 @@ with st.expander("How is this measured?"):
     st.markdown(
         """
 - **A run** is one prefill of the prompt and then one decode step per new token. Each path first does a short
-  untimed warm-up (its times appear as *cold*), then the timed runs, interleaved path by path so that a machine
+  untimed warm-up (its first step appears apart in the table: the path's first call in this process; only
+  the first path measured also pays the process's first-use costs), then the timed runs, interleaved path by path so that a machine
   getting busier slows every path alike. Lines are medians across runs; bands show min–max.
 - **Each step** is timed from feeding its input to holding the chosen token id on the host, with the device
   synchronised before and after (on a GPU, kernel launches return before the work is done).

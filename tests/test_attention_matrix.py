@@ -71,6 +71,25 @@ def test_stacked_cached_rows_equal_full_forward_attention(name, request):
     assert (check.layers, check.heads) == (loaded.card.layers, loaded.card.query_heads)
 
 
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_stacked_cached_rows_equal_transformers_own_eager_attention(name, request):
+    """An independent reference: the same weights in a copy run by transformers' eager attention with
+    ``output_attentions=True``, so a mistake in kvviz's own attention function (scale, mask, GQA) cannot cancel."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    loaded = request.getfixturevalue(name)
+    trace = cached_trace(loaded, steps=8)
+    reference_model = AutoModelForCausalLM.from_config(loaded.model.config, attn_implementation="eager")
+    reference_model.load_state_dict(loaded.model.state_dict())
+    reference_model.eval()
+    with torch.inference_mode():
+        out = reference_model(torch.tensor([trace.token_ids()]), use_cache=False, output_attentions=True)
+    assert len(out.attentions) == loaded.card.layers
+    for layer, reference in enumerate(out.attentions):
+        np.testing.assert_allclose(am.layer_matrix(trace, layer), reference[0].float().numpy(), atol=1e-3)
+
+
 def test_head_matrix_rows_are_the_recorded_rows_and_causal(tiny_llama):
     trace = cached_trace(tiny_llama, steps=6)
     n = am.trace_length(trace)

@@ -141,6 +141,20 @@ def test_bad_settings_raise_one_sentence_input_errors(tiny_llama):
 
 # ----- GPU paths ------------------------------------------------------------------------------------------------
 
+def test_graphs_path_is_skipped_with_the_reason_for_a_sliding_window_model():
+    """A sliding-window layer keeps its length on the host, which a captured graph would freeze: skip, never run."""
+    from transformers import MistralConfig
+
+    config = MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=6,
+                           max_position_embeddings=64)
+    loaded = load_random_model(config, "tiny-mistral-sliding")
+    result = run_benchmark(loaded, replace(SMALL, paths=("dynamic", "graphs")))
+    graphs = result.path("graphs")
+    assert not graphs.ok and "StaticSlidingWindowLayer" in graphs.reason
+    assert result.path("dynamic").ok
+
+
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("compile_first", [False, True])
@@ -219,6 +233,23 @@ def test_naive_fit_and_crossover_on_synthetic_steps():
     assert result.growth("naive") > 1.5 and result.growth("dynamic") == pytest.approx(1.0)
     summary = result.to_dict()["summary"]
     assert summary["naive_fit"]["r2"] == pytest.approx(1.0) and summary["crossover_position"]["dynamic"] == 21
+    step_fit = result.naive_step_fit()  # per step: 20 + 0.5·position exactly
+    assert step_fit.intercept == pytest.approx(20.0) and step_fit.slope == pytest.approx(0.5)
+    assert summary["naive_step_fit"]["slope_ms_per_token"] == pytest.approx(0.5)
+    assert "0.500 ms per token of context" in result.naive_growth_sentence()
+
+
+def test_a_flat_naive_run_says_no_quadratic_growth_was_measured():
+    """A cumulative sum of flat steps still fits a·n + b·n² with R² ≈ 1; the per-step fit must not be fooled."""
+    prompt, tokens = 10, 60
+    noise = np.random.default_rng(1).normal(0.0, 2.0, tokens - 1)
+    naive_ms = list(40.0 - 0.01 * np.arange(tokens - 1) + noise)  # flat, drifting slightly down
+    ids = tuple(range(tokens))
+    result = _result((_path("naive", ids, naive_ms, prompt, prefill=40.0),
+                      _path("dynamic", ids, [30.0] * (tokens - 1), prompt)), tokens, prompt)
+    assert result.naive_fit().r2 > 0.99  # the cumulative fit alone would look convincing
+    assert result.naive_step_fit().slope < 0
+    assert result.naive_growth_sentence().startswith("No quadratic growth measured")
 
 
 # ----- JSON format ----------------------------------------------------------------------------------------------
@@ -250,8 +281,8 @@ def test_json_has_the_documented_fields_and_round_trips(llama_result):
         assert set(path["cold"]) == {"setup_ms", "prefill_ms", "first_step_ms"}
         if path["status"] == "ok":
             assert set(path["ms_per_token"]) == {"median", "min", "max"}
-    assert set(data["summary"]) == {"all_match", "naive_fit", "crossover_position", "predicted_crossover_position",
-                                    "growth", "speedup_vs_naive"}
+    assert set(data["summary"]) == {"all_match", "naive_fit", "naive_step_fit", "crossover_position",
+                                    "predicted_crossover_position", "growth", "speedup_vs_naive"}
     again = BenchResult.from_json(llama_result.to_json())
     assert again.to_dict() == json.loads(llama_result.to_json())
     with pytest.raises(ValueError, match="not a kvviz benchmark"):
@@ -260,7 +291,8 @@ def test_json_has_the_documented_fields_and_round_trips(llama_result):
 
 def test_the_format_document_names_every_field():
     text = (Path(__file__).parent.parent / "docs" / "bench-format.md").read_text(encoding="utf-8")
-    for name in PATH_FIELDS | STEP_FIELDS | {"format_version", "environment", "summary", "naive_fit", "growth"}:
+    for name in PATH_FIELDS | STEP_FIELDS | {"format_version", "environment", "summary", "naive_fit", "naive_step_fit",
+                                             "growth"}:
         assert f"`{name}`" in text, name
 
 

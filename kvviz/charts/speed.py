@@ -279,7 +279,7 @@ def summary_rows(result: BenchResult | None) -> list[dict[str, object]]:
             "ms / token (median)": round(spread.median, 2),
             "min–max": f"{spread.low:.2f} – {spread.high:.2f}",
             "prefill ms": round(path.prefill_ms.median, 1),
-            "cold first step ms": round(first_step, 1) if first_step is not None else None,
+            "first step ms (warm-up)": round(first_step, 1) if first_step is not None else None,
             "setup ms": round(path.cold_setup_ms, 1) if path.cold_setup_ms is not None else None,
             "speedup vs naive": f"{speedup:.1f}×" if speedup is not None else "",
             "same tokens": {True: "yes", False: f"differs at token {path.first_mismatch}", None: "–"}[
