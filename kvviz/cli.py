@@ -111,26 +111,36 @@ def _step(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``argv`` (default: ``sys.argv``) names the subcommand whose full options are loaded."""
     parser = _OneLineParser(prog="python -m kvviz", description="kvviz: see the KV cache of a real transformer.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     commands.add_parser("models", help="list models and whether each is available").set_defaults(run=_models)
     step = commands.add_parser("step", help="step a model token by token and print the cache")
     _add_step_arguments(step)
     step.set_defaults(run=_step)
+    # Only the chosen subcommand's module is imported: `memory` is arithmetic and should not wait for torch.
+    chosen = _chosen_command(argv)
     for name, help_text in FEATURE_COMMANDS.items():
-        module = importlib.import_module(f"kvviz.{name}")
         sub = commands.add_parser(name, help=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        if chosen == name:
+            module = importlib.import_module(f"kvviz.{name}")
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from transformers.utils import logging as transformers_logging
+def _chosen_command(argv: Sequence[str] | None) -> str | None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    return next((arg for arg in args if not arg.startswith("-")), None)
 
-    transformers_logging.disable_progress_bar()  # this process's stderr is for one-line errors
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser(argv).parse_args(argv)
+    if args.command in ("models", "step", "bench"):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # this process's stderr is for one-line errors
     try:
         return args.run(args)
     except KvvizError as error:

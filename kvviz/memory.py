@@ -35,6 +35,7 @@ from kvviz.errors import InputError
 
 KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
 MAX_CONTEXT = 1_048_576  # the largest context the page and the fit search consider (1M tokens)
+MAX_BATCH = 65_536  # the largest batch the page and the CLI accept
 DEFAULT_RESERVE = 0.10  # share of GPU memory kept back for activations, the CUDA context and fragmentation
 DEFAULT_CACHE_GROUP = 64  # transformers' QuantizedCache default q_group_size
 WEIGHT_GROUP = 128  # the usual GPTQ / AWQ group size for int4 / int8 weights
@@ -414,25 +415,34 @@ def format_bytes(count: float) -> str:
 
 @dataclass(frozen=True)
 class GPU:
-    """A GPU by its nominal memory. Vendors' "80 GB" on these cards is binary: 80 GiB of HBM."""
+    """A GPU by the memory its driver reports, not the name on the box.
+
+    The marketing figure is neither GB nor GiB of usable memory: an "H100 80 GB" reports 81,559 MiB (79.6 GiB), a
+    "B200 192 GB" 183,359 MiB (179.1 GiB). ``memory_mib`` is ``nvidia-smi``'s ``memory.total`` for the card
+    (SXM/PCIe variants of one name report the same), the figure a fit must be made against.
+    """
 
     key: str
     name: str
-    memory_gib: int
+    memory_mib: int
 
     @property
     def memory_bytes(self) -> int:
-        return self.memory_gib * GIB
+        return self.memory_mib * 2**20
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_mib / 1024
 
 
 GPUS: dict[str, GPU] = {g.key: g for g in (
-    GPU("t4", "T4 16 GB", 16),
-    GPU("l4", "L4 24 GB", 24),
-    GPU("a100-40", "A100 40 GB", 40),
-    GPU("a100-80", "A100 80 GB", 80),
-    GPU("h100", "H100 80 GB", 80),
-    GPU("h200", "H200 141 GB", 141),
-    GPU("b200", "B200 192 GB", 192),
+    GPU("t4", "T4 16 GB", 15_360),
+    GPU("l4", "L4 24 GB", 23_034),
+    GPU("a100-40", "A100 40 GB", 40_960),
+    GPU("a100-80", "A100 80 GB", 81_920),
+    GPU("h100", "H100 80 GB", 81_559),
+    GPU("h200", "H200 141 GB", 143_771),
+    GPU("b200", "B200 192 GB", 183_359),
 )}
 
 
@@ -473,8 +483,8 @@ class Fit:
 
     def sentence(self) -> str:
         est, gpu = self.estimate, self.gpu
-        usable = (f"{format_bytes(self.usable_bytes)} usable ({gpu.memory_gib} GiB less a "
-                  f"{self.reserve:.0%} reserve)")
+        usable = (f"{format_bytes(self.usable_bytes)} usable: {format_bytes(gpu.memory_bytes)} less a "
+                  f"{self.reserve:.0%} reserve")
         weights = f"the weights ({format_bytes(est.weights_bytes)} in {est.weights_precision.key})"
         need = (f"weights + {est.batch:,} × {est.context:,}-token cache = {format_bytes(est.total_bytes)}, "
                 f"about {self.gpus_needed} × {gpu.name} by memory alone")
@@ -632,7 +642,7 @@ def config_from_dict(values: dict[str, Any]) -> Any:
         raise InputError(f"transformers does not know the model type '{model_type}' (remote code is not run).")
     try:
         return CONFIG_MAPPING[model_type].from_dict(dict(values))
-    except (TypeError, ValueError, KeyError) as error:
+    except (TypeError, ValueError, KeyError, ArithmeticError) as error:  # e.g. 0 heads: a division by zero
         raise InputError(f"transformers rejected this '{model_type}' config ({_first_line(error)}).") from None
 
 
@@ -646,7 +656,10 @@ def spec_from_config_text(text: str, parameters: int | None = None) -> ModelSpec
         raise InputError("A config.json holds one JSON object ({...}).")
     config = config_from_dict(values)
     name = str(values.get("_name_or_path") or values.get("model_type"))
-    return spec_from_config(config, key="config", name=name, source="pasted config.json", parameters=parameters)
+    try:
+        return spec_from_config(config, key="config", name=name, source="pasted config.json", parameters=parameters)
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as error:
+        raise InputError(f"Cannot read the attention geometry of this config ({_first_line(error)}).") from None
 
 
 def spec_from_config_path(path: str | Path, parameters: int | None = None) -> ModelSpec:
@@ -927,6 +940,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_most(limit: int, what: str) -> Any:
+    def parse(text: str) -> int:
+        value = _positive(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{what} is at most {limit:,}, got {value:,}")
+        return value
+    return parse
+
+
 def _precision_argument(table: dict[str, Precision]) -> Any:
     def parse(text: str) -> Precision:
         try:
@@ -952,8 +974,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--preset", help="a model preset (see --list)")
     what.add_argument("--config", help="a config.json file or a local model folder holding one")
     what.add_argument("--list", action="store_true", help="list the presets and their bytes per token")
-    parser.add_argument("--context", type=_positive, help="tokens per sequence (required with --preset/--config)")
-    parser.add_argument("--batch", type=_positive, default=1, help="sequences held at once (default 1)")
+    parser.add_argument("--context", type=_at_most(MAX_CONTEXT, "the context"),
+                        help=f"tokens per sequence, at most {MAX_CONTEXT:,} (required with --preset/--config)")
+    parser.add_argument("--batch", type=_at_most(MAX_BATCH, "the batch"), default=1,
+                        help=f"sequences held at once, at most {MAX_BATCH:,} (default 1)")
     parser.add_argument("--dtype", type=_precision_argument(WEIGHT_PRECISIONS), default=BF16,
                         help="weights dtype: fp32, fp16, bf16, fp8, int8, int4 (default bf16; the cache follows "
                              "unless --cache-dtype)")

@@ -105,11 +105,21 @@ REGISTRY: dict[str, RegistryEntry] = {
 }
 
 
+def parse_device(name: str | torch.device) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:1`` … as a ``torch.device``; raise ``ModelLoadError`` for anything else."""
+    if isinstance(name, torch.device):
+        return name
+    try:
+        return torch.device(name.strip())
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"Unknown device '{name}': use cpu, cuda or cuda:N.") from None
+
+
 def default_device() -> torch.device:
     """CUDA when available (or ``$KVVIZ_DEVICE``), else the CPU."""
     wanted = os.environ.get("KVVIZ_DEVICE")
     if wanted:
-        return torch.device(wanted)
+        return parse_device(wanted)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -175,7 +185,7 @@ def load_model(
     name = (name or "").strip()
     if not name:
         raise ModelLoadError("No model given: choose smollm2-135m, tiny-llama, tiny-gpt2, a folder or an HF id.")
-    dev = torch.device(device) if device is not None else default_device()
+    dev = parse_device(device) if device is not None else default_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("CUDA was requested but no CUDA GPU is visible to PyTorch here.")
     dt = parse_dtype(dtype) if dtype is not None else default_dtype(dev)

@@ -109,6 +109,13 @@ class Trace:
     def attention_bytes(self) -> int:
         return sum(a.nbytes for r in self.records if r.attention for a in r.attention)
 
+    def with_attention(self) -> "Trace":
+        """The leading records that carry attention rows: this trace itself unless capture stopped part-way."""
+        count = next((i for i, r in enumerate(self.records) if not r.attention), len(self.records))
+        if count == len(self.records):
+            return self
+        return Trace(self.model, self.device, self.dtype, self.records[:count])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,

@@ -129,10 +129,11 @@ class _BaseStepper:
         if not ids:
             raise InputError("The prompt is empty: type a few words to start.")
         context = self.loaded.card.context_length
-        room = 1 + (self.max_new_tokens or 0)
-        if len(ids) + room > context:
+        new_tokens = self.max_new_tokens or 1
+        # N new tokens: the prefill chooses the first, N - 1 steps feed one each, so the cache ends at P + N - 1.
+        if len(ids) + new_tokens - 1 > context:
             raise InputError(
-                f"The prompt has {len(ids)} tokens; with {room - 1} new tokens that exceeds the model's context of "
+                f"The prompt has {len(ids)} tokens; with {new_tokens} new tokens that exceeds the model's context of "
                 f"{context} tokens. Shorten the prompt or lower max new tokens."
             )
         self.reset()

@@ -15,6 +15,7 @@ from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.ui import attention_widgets as aw
 from kvviz.ui.resources import get_model
+from kvviz.ui import session as sessions
 from kvviz.ui.session import get_session
 
 DEFAULT_PROMPT = "Explain in three short sentences why the sky is blue."
@@ -52,7 +53,7 @@ else:
     if loaded is None or session.trace is None:
         st.info("No trace yet: press **Generate** above, or prefill and step on the Step-through page.")
         st.stop()
-    if not has_attention(session.trace):
+    if not has_attention(session.attention_trace()):
         st.warning("This trace was recorded without attention rows; press Generate to record one with them.")
         st.stop()
 
@@ -83,7 +84,12 @@ if generate_clicked:
         st.error(str(error))
         st.stop()
 
-trace = session.trace
+trace = session.attention_trace()
+if len(trace.records) < len(session.trace.records):
+    st.info(f"Attention capture stopped after {trace_length(trace):,} of the trace's "
+            f"{trace_length(session.trace):,} tokens, when this tab held {sessions.ATTENTION_BUDGET_BYTES // 2**20} MiB "
+            "of attention rows; the matrix below covers the tokens captured. Reset on the Step-through page (or "
+            "Generate here) to start over.")
 n = trace_length(trace)
 memory = aw.memory_summary(trace, card)
 matrix_slot.plotly_chart(aw.head_figure(trace, layer, head, how), key="attn-matrix")

@@ -37,7 +37,7 @@ with st.container(border=True):
     with middle:
         context = st.number_input("Context (tokens per sequence)", min_value=1, max_value=mem.MAX_CONTEXT,
                                   value=131_072, step=1024, key="mem_context")
-        batch = st.number_input("Batch (sequences at once)", min_value=1, max_value=65_536, value=1,
+        batch = st.number_input("Batch (sequences at once)", min_value=1, max_value=mem.MAX_BATCH, value=1,
                                 key="mem_batch")
     with right:
         weights_key = st.selectbox("Weights dtype", list(mem.WEIGHT_PRECISIONS), index=2, key="mem_weights")
@@ -134,8 +134,8 @@ with st.expander("How these numbers are computed"):
   one fp16 scale and one fp16 zero-point per group of {mem.DEFAULT_CACHE_GROUP} elements by default (the layout of
   transformers' QuantizedCache), so int4 costs 4.5 bits per element, not 4. int4/int8 *weights* use groups of
   {mem.WEIGHT_GROUP}.
-- **Weights** = parameters × bytes per parameter. **Fits** compare weights + cache with the GPU's nominal memory
-  less the reserve (the vendors' "80 GB" is 80 GiB of HBM); activations, the CUDA context and fragmentation are
+- **Weights** = parameters × bytes per parameter. **Fits** compare weights + cache with the memory the GPU's driver
+  reports (`nvidia-smi`'s total: an "H100 80 GB" has 79.6 GiB, a "B200 192 GB" 179.1 GiB) less the reserve; activations, the CUDA context and fragmentation are
   what the reserve is for.
 - Every preset's numbers come from the model's public `config.json` on Hugging Face, read by transformers'
   config classes and the same geometry reader kvviz uses for the models it runs.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -80,12 +81,16 @@ def test_stacked_cached_rows_equal_transformers_own_eager_attention(name, reques
 
     loaded = request.getfixturevalue(name)
     trace = cached_trace(loaded, steps=8)
-    reference_model = AutoModelForCausalLM.from_config(loaded.model.config, attn_implementation="eager")
+    # A copy of the config: from_config writes the attention implementation into the config it is given, which
+    # would switch the shared fixture model to eager attention too.
+    config = copy.deepcopy(loaded.model.config)
+    reference_model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     reference_model.load_state_dict(loaded.model.state_dict())
     reference_model.eval()
     with torch.inference_mode():
         out = reference_model(torch.tensor([trace.token_ids()]), use_cache=False, output_attentions=True)
     assert len(out.attentions) == loaded.card.layers
+    assert loaded.model.config._attn_implementation == "kvviz"  # the shared model is untouched
     for layer, reference in enumerate(out.attentions):
         np.testing.assert_allclose(am.layer_matrix(trace, layer), reference[0].float().numpy(), atol=1e-3)
 

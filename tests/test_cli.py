@@ -85,3 +85,16 @@ def test_default_model_trace_is_sensible_and_grows_by_46080_bytes_in_float32():
     assert all(s["same_token"] for s in steps)
     assert "Paris" in "".join(s["token"] for s in steps[:3])
     assert {b["cache_bytes"] - a["cache_bytes"] for a, b in zip(steps, steps[1:])} == {46_080}
+
+
+@pytest.mark.slow
+def test_default_model_cache_grows_by_23040_bytes_per_token_in_bfloat16():
+    """The live cache's bytes in bfloat16, not just the formula: 2 · 30 layers · 3 KV heads · 64 · 2 B."""
+    result = kvviz("step", "--model", "smollm2-135m", "--dtype", "bfloat16", "--prompt", "The capital of France is",
+                   "--tokens", "6", "--json")
+    assert result.returncode == 0, result.stderr
+    trace = json.loads(result.stdout)
+    steps = trace["steps"]
+    assert trace["dtype"] == "bfloat16" and len(steps) == 6
+    assert steps[0]["cache_bytes"] == 23_040 * steps[0]["cache_len"]
+    assert {b["cache_bytes"] - a["cache_bytes"] for a, b in zip(steps, steps[1:])} == {23_040}

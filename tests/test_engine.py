@@ -199,9 +199,25 @@ def test_stepping_past_max_new_tokens_is_refused(tiny_llama):
 
 
 def test_engine_imports_without_streamlit():
+    """Every module of the engine (all of kvviz/ but kvviz/ui/), found by walking the package, not listed by hand."""
     code = (
-        "import sys, kvviz.models, kvviz.stepper, kvviz.cache, kvviz.attention, kvviz.records, kvviz.cli;"
-        "import kvviz.charts.style;"
-        "assert 'streamlit' not in sys.modules, 'streamlit was imported'"
+        "import importlib, pkgutil, sys, kvviz\n"
+        "names = [m.name for m in pkgutil.walk_packages(kvviz.__path__, 'kvviz.') if not m.name.startswith(('kvviz.ui', 'kvviz.__main__'))]\n"
+        "for name in names: importlib.import_module(name)\n"
+        "assert 'streamlit' not in sys.modules, 'streamlit was imported'\n"
+        "assert {'kvviz.bench', 'kvviz.memory', 'kvviz.charts.step', 'kvviz.heads'} <= set(names), names\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_context_limit_counts_the_positions_the_cache_will_hold(tiny_llama):
+    """N new tokens need P + N - 1 positions (the last chosen token is never fed): that many fit exactly."""
+    context = tiny_llama.card.context_length
+    prompt = [3 + i % 200 for i in range(1000)]
+    stepper = Stepper(tiny_llama, capture_attention=False, max_new_tokens=context - 1000 + 1)
+    stepper.prefill(prompt)
+    for _ in range(context - 1000):
+        record = stepper.step()
+    assert record.cache_len == context
+    with pytest.raises(InputError, match="exceeds the model's context"):
+        Stepper(tiny_llama, capture_attention=False, max_new_tokens=context - 1000 + 2).prefill(prompt)

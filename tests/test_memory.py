@@ -38,6 +38,16 @@ def test_smollm2_135m_is_22_5_kib_per_token_in_bf16():
     assert mem.kv_bytes_per_token(mem.get_preset("smollm2-135m"), mem.BF16) == 23_040 == int(22.5 * 1024)
 
 
+def test_gpu_memory_is_what_the_driver_reports_not_the_name_on_the_box():
+    assert mem.GPUS["h100"].memory_bytes == 81_559 * 2**20  # 79.6 GiB, not 80
+    assert mem.GPUS["b200"].memory_gib == pytest.approx(179.06, abs=0.01)  # "192 GB"
+    # Llama-3.1-70B in bf16 with one 128K sequence needs 171.4 GiB: more than a B200's 161.2 GiB after a 10% reserve
+    # (with the nominal 192 GiB it would wrongly seem to fit).
+    est = mem.estimate(mem.get_preset("llama-3.1-70b"), 131_072)
+    fit = mem.fit_on_gpu(est, mem.GPUS["b200"], reserve=0.1)
+    assert est.total_bytes > fit.usable_bytes and not fit.fits and fit.gpus_needed == 2
+
+
 def test_llama_31_70b_at_128k_holds_40_gib_and_does_not_fit_an_h100_beside_its_weights():
     est = mem.estimate(mem.get_preset("llama-3.1-70b"), 131_072, 1, mem.BF16, mem.BF16)
     assert est.kv_bytes_per_sequence == 40 * mem.GIB
@@ -107,7 +117,7 @@ def test_weights_bytes_per_precision():
 def test_fit_search_finds_the_largest_batch_and_context():
     est = mem.estimate(mem.get_preset("llama-3.1-8b"), 32_768, 4, mem.BF16, mem.BF16)
     fit = mem.fit_on_gpu(est, mem.GPUS["h100"], reserve=0.1)
-    free = int(80 * mem.GIB * 0.9) - est.weights_bytes
+    free = int(81_559 * 2**20 * 0.9) - est.weights_bytes  # the H100 reports 81,559 MiB
     assert fit.free_for_cache == free and fit.fits
     assert fit.max_batch == free // (32_768 * 128 * 1024)
     size = lambda context: mem.kv_cache_bytes(est.spec, context, 4, mem.BF16)  # noqa: E731
@@ -328,6 +338,15 @@ def run_in_process(args: list[str], capsys) -> tuple[int, str, str]:
     return status, out, err
 
 
+def test_cli_config_with_zero_heads_is_one_line_not_a_traceback(tmp_path, capsys):
+    config = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 0,
+              "num_key_value_heads": 0, "vocab_size": 100}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    status, out, err = run_in_process(["--config", str(tmp_path), "--context", "10"], capsys)
+    lines = err.strip().splitlines()
+    assert status == 2 and out == "" and len(lines) == 1 and lines[0].startswith("kvviz: error:"), err
+
+
 @pytest.mark.parametrize("args, reason", [
     (["--preset", "gpt-9", "--context", "10"], "Unknown preset 'gpt-9'"),
     (["--preset", "gpt2", "--context", "0"], "--context: must be at least 1"),
@@ -352,6 +371,8 @@ def test_cli_errors_exit_2_with_one_line(args, reason):
     (["--config", "/no/such/folder", "--context", "10"], "No config.json"),
     (["--preset", "gpt2", "--context", "10", "--gpu", "v100"], "Unknown GPU"),
     (["--preset", "gpt2", "--context", "10", "--gpu", "h100", "--reserve", "1.5"], "--reserve"),
+    (["--preset", "gpt2", "--context", "99999999999999"], "the context is at most 1,048,576"),
+    (["--preset", "gpt2", "--context", "10", "--batch", "100000"], "the batch is at most 65,536"),
 ])
 def test_cli_nonsense_values_exit_2_with_one_line(args, reason, capsys):
     status, out, err = run_in_process(args, capsys)

@@ -135,3 +135,29 @@ def test_a_long_trace_draws_its_matrix_at_once_and_whole_model_views_on_request(
     next(b for b in at.button if b.label == "Compute the model view and head maps").click().run()
     assert not at.exception
     assert any(t.startswith("Where does every head look?") for t in charts_by_title(at))
+
+
+def test_attention_capture_stops_at_the_session_budget_and_the_page_shows_the_captured_part(tiny_llama, monkeypatch):
+    """Memory stays bounded: past the per-tab budget, steps go on without attention rows, and this page shows the
+    matrix of the tokens that were captured and says where capture stopped."""
+    from kvviz.ui import session as sessions
+
+    state = SessionTrace()
+    sessions.prefill(state, tiny_llama, "abcabc xyz", chat_template=False, compare=True, sampling=Sampling(),
+                     max_new_tokens=32)
+    monkeypatch.setattr(sessions, "ATTENTION_BUDGET_BYTES", state.trace.attention_bytes() + 1)
+    for _ in range(4):
+        sessions.step(state)
+    with_rows = [bool(r.attention) for r in state.trace.records]
+    assert with_rows == [True, True, False, False, False]  # the step that crossed the budget was the last captured
+    assert state.trace.with_attention().records == state.trace.records[:2]
+    assert state.attention_trace() is state.attention_trace()  # one object, so the page's per-trace memos hold
+    assert all(r.same_token for r in state.trace.records[1:])  # the cache and the comparison go on
+
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state[SESSION_KEY] = state
+    at.run()
+    assert not at.exception
+    assert any("Attention capture stopped after 11 of the trace's 14 tokens" in m.value for m in at.info)
+    matrix = next(c for t, c in charts_by_title(at).items() if t.startswith("What did each token"))
+    assert heatmap_z(matrix).shape == (11, 11)

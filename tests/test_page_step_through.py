@@ -233,3 +233,16 @@ def test_only_the_open_tab_draws_its_charts(panel, charts):
     titles = chart_titles(at)
     assert len(titles) == 1 + len(charts)
     assert all(title.startswith(start) for title, start in zip(titles, ["Which tokens could come next?", *charts]))
+
+
+def test_past_the_attention_budget_the_attention_panel_says_capture_stopped(monkeypatch):
+    from kvviz.ui import session as sessions
+
+    at = click(open_page(panel="Attention"), "prefill")
+    monkeypatch.setattr(sessions, "ATTENTION_BUDGET_BYTES", session(at).trace.attention_bytes() + 1)
+    click(at, "next")
+    click(at, "next")
+    assert cache_len(at) == len("What is the capital of France?") + 2
+    notes = [text for text in texts(at.info) if text.startswith("Attention capture stopped at")]
+    assert len(notes) == 1 and "its limit of" in notes[0], texts(at.info)
+    assert not at.error

@@ -194,7 +194,7 @@ def gpu_fit_figure(fits: Sequence[Fit]) -> go.Figure:
         fig.add_vline(x=gpu.memory_gib, line_color=LIMIT, line_width=3)
         fig.add_vline(x=fits[0].usable_bytes / GIB, line_color=LIMIT, line_dash="dot")
         fig.add_annotation(x=gpu.memory_gib, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
-                           text=f"{gpu.name}: {gpu.memory_gib} GiB", font={"color": LIMIT})
+                           text=f"{gpu.name}: {gpu.memory_gib:.1f} GiB", font={"color": LIMIT})
         title = f"Does {est.spec.name} fit on one {gpu.name}?"
         note = f"{est.batch:,} × {est.context:,} tokens · memory only, dotted line: after the reserve"
     base_layout(fig, title, "memory (GiB)", "", note=note)

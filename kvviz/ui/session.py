@@ -20,6 +20,9 @@ from kvviz.records import StepRecord, Trace
 from kvviz.stepper import CompareStepper, Sampling, Stepper
 
 _KEY = "kvviz_session"
+# Attention rows a session keeps (float16; SmolLM2 holds 540·T bytes per step, so ~1,000 tokens fill this). Past it,
+# steps go on without capturing attention, so many open tabs cannot exhaust the server's memory.
+ATTENTION_BUDGET_BYTES = 256 * 2**20
 
 MessageLevel = Literal["error", "warning", "info"]
 
@@ -33,12 +36,28 @@ class SessionTrace:
     stepper: Stepper | CompareStepper | None = None
     trace: Trace | None = None
     play_remaining: int = 0  # tokens Play still has to generate; 0 when not playing
+    # (trace, its captured prefix): one prefix object per trace, so per-trace memos on the Attention page hold.
+    _captured: tuple[Trace, Trace] | None = field(default=None, repr=False)
     message: tuple[MessageLevel, str] | None = None  # the outcome of the last action, shown until the next one
 
     def clear(self) -> None:
         self.stepper = None
         self.trace = None
         self.play_remaining = 0
+
+    def attention_trace(self) -> Trace | None:
+        """The part of the trace that carries attention rows (the whole trace unless capture stopped at the
+        budget); the same object on every call while the trace's captured part stays the same."""
+        if self.trace is None:
+            return None
+        captured = self.trace.with_attention()
+        if captured is self.trace:
+            return captured
+        if self._captured is not None and self._captured[0] is self.trace and \
+                len(self._captured[1].records) == len(captured.records):
+            return self._captured[1]
+        self._captured = (self.trace, captured)
+        return captured
 
     @property
     def started(self) -> bool:
@@ -70,6 +89,9 @@ def step(session: SessionTrace) -> StepRecord:
     """One more token on this session's trace (raises ``KvvizError`` when there is nothing to step)."""
     if session.stepper is None or session.trace is None:
         raise InputError("Nothing to step yet: press Prefill first.")
+    cached = session.stepper.cached if isinstance(session.stepper, CompareStepper) else session.stepper
+    if cached.capture_attention and session.trace.attention_bytes() >= ATTENTION_BUDGET_BYTES:
+        cached.capture_attention = False
     record = session.stepper.step()
     session.trace.append(record)
     return record
