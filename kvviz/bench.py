@@ -506,11 +506,16 @@ def _path_result(state: _PathState, config: BenchConfig, loaded: LoadedModel) ->
     return PathResult(
         path=state.name, label=label, status="ok", reason=reason, runs=len(runs), tokens=tuple(runs[0].tokens),
         prefill_ms=Spread.of([r.prefill_ms for r in runs]), ms_per_token=Spread.of([r.ms_per_token for r in runs]),
-        total_ms=Spread.of([r.total for r in runs]), steps=_step_series(runs, config, loaded), **cold,
+        total_ms=Spread.of([r.total for r in runs]), steps=_step_series(runs, config, loaded, state.name), **cold,
     )
 
 
-def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel) -> StepSeries:
+def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel, path: str) -> StepSeries:
+    """Per-step medians and bands, with each step's FLOPs and the bytes it must move on this path.
+
+    Bytes differ by path: naive keeps no cache (keys and values are recomputed, never read back), the static paths
+    attend over their whole preallocated buffer (masked, but read), the dynamic ones over the positions held.
+    """
     if not runs[0].step_ms:
         return StepSeries()
     times = np.array([run.step_ms for run in runs])  # (runs, steps)
@@ -528,9 +533,18 @@ def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel) -> 
         high_ms=tuple(float(v) for v in times.max(axis=0)),
         tokens_processed=tuple(processed),
         flops=tuple(forward_flops(loaded.card, vocab, hidden, n, p) for n, p in zip(processed, positions)),
-        bytes_moved=tuple(step_bytes(weights, per_position, p, n, loaded.card.sliding_window)
+        bytes_moved=tuple(_path_step_bytes(path, weights, per_position, p, n, config, loaded)
                           for n, p in zip(processed, positions)),
     )
+
+
+def _path_step_bytes(path: str, weights: int, per_position: int, position: int, new_tokens: int, config: BenchConfig,
+                     loaded: LoadedModel) -> float:
+    if path == "naive":
+        return step_bytes(weights, 0, position, new_tokens)
+    if path in ("static", "graphs"):
+        return step_bytes(weights, per_position, config.prompt_tokens + config.tokens, new_tokens)
+    return step_bytes(weights, per_position, position, new_tokens, loaded.card.sliding_window)
 
 
 # ----- command line ---------------------------------------------------------------------------------------------

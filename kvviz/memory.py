@@ -345,7 +345,7 @@ class MemoryEstimate:
             what = "multi-head latent attention"
         else:
             kind = spec.attention_kind.split(",")[0]
-            what = f"{kind} ({spec.query_heads} query heads share {spec.kv_heads} KV heads)"
+            what = f"{kind} ({spec.query_heads} query heads share {spec.kv_heads} KV head{'s' if spec.kv_heads != 1 else ''})"
         return (f"With one KV head per query head {self.spec.name} would hold "
                 f"{format_bytes(self.kv_bytes_per_sequence_without_sharing)} per sequence at {self.context:,} "
                 f"tokens: {what} makes it {self.sharing_factor:,.1f}× smaller.")

@@ -132,7 +132,9 @@ with st.expander("How these numbers are computed"):
   exactly these two tensors.
 - **Quantised caches**: fp8 is one byte per element (its per-tensor scale is negligible); int8 and int4 also store
   one fp16 scale and one fp16 zero-point per group of {mem.DEFAULT_CACHE_GROUP} elements by default (the layout of
-  transformers' QuantizedCache), so int4 costs 4.5 bits per element, not 4. int4/int8 *weights* use groups of
+  transformers' QuantizedCache), so int4 costs 4.5 bits per element, not 4. That cache also keeps the newest
+  `residual_length` tokens (128 by default) unquantised, a fixed extra the formula leaves out: for Llama-3.1-70B
+  in bf16 that is 40 MiB per sequence. int4/int8 *weights* use groups of
   {mem.WEIGHT_GROUP}.
 - **Weights** = parameters × bytes per parameter. **Fits** compare weights + cache with the memory the GPU's driver
   reports (`nvidia-smi`'s total: an "H100 80 GB" has 79.6 GiB, a "B200 192 GB" 179.1 GiB) less the reserve; activations, the CUDA context and fragmentation are

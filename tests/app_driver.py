@@ -170,10 +170,25 @@ class StepPage:
         assert status is not None
         return status
 
-    def wait_idle(self) -> None:
-        """Until Streamlit's "running" indicator is gone and the browser has painted what arrived."""
+    def wait_idle(self, quiet_ms: int = 400) -> None:
+        """Until Streamlit's "running" indicator is gone and the page has stopped changing for ``quiet_ms``.
+
+        The indicator alone is not enough: Streamlit shows it only for runs that last a while, and the elements of
+        a run arrive one by one (the status line before the token chips), so a short run can look finished while
+        its last elements are still on their way. Quiet means no element added, removed or retexted.
+        """
         self.page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=STEP_TIMEOUT_MS)
-        self.page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        self.page.evaluate(
+            """([quiet, cap]) => new Promise(resolve => {
+                 const finish = () => { observer.disconnect(); clearTimeout(limit); resolve(true); };
+                 let timer = setTimeout(finish, quiet);
+                 const observer = new MutationObserver(() => { clearTimeout(timer); timer = setTimeout(finish, quiet); });
+                 observer.observe(document.body, {subtree: true, childList: true, characterData: true});
+                 const limit = setTimeout(finish, cap);  // a page that never settles fails the caller's checks
+               })""",
+            [quiet_ms, 30_000],
+        )
+        self.page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=STEP_TIMEOUT_MS)
 
     def button(self, label: str) -> Any:
         # Scoped to the page body: while a script runs, Streamlit's header shows a "Stop" button of its own.
