@@ -276,10 +276,14 @@ def fit_quadratic(x: Sequence[float], y: Sequence[float]) -> QuadraticFit | None
         return None
     design = np.stack([xs, xs**2], axis=1)  # (points, 2)
     (a, b), *_ = np.linalg.lstsq(design, ys, rcond=None)
-    residual = float(np.sum((ys - design @ np.array([a, b])) ** 2))
+    return QuadraticFit(float(a), float(b), _r_squared(ys, design @ np.array([a, b])), int(xs.size))
+
+
+def _r_squared(ys: np.ndarray, predicted: np.ndarray) -> float:
+    """1 - residual / total sum of squares (1 for constant data, which any fit matches)."""
+    residual = float(np.sum((ys - predicted) ** 2))
     total = float(np.sum((ys - ys.mean()) ** 2))
-    r2 = 1.0 - residual / total if total > 0 else 1.0
-    return QuadraticFit(float(a), float(b), r2, int(xs.size))
+    return 1.0 - residual / total if total > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -299,10 +303,7 @@ def fit_linear(x: Sequence[float], y: Sequence[float]) -> LinearFit | None:
     if xs.size < 3 or xs.size != ys.size or np.ptp(xs) == 0:
         return None
     slope, intercept = np.polyfit(xs, ys, 1)
-    residual = float(np.sum((ys - (intercept + slope * xs)) ** 2))
-    total = float(np.sum((ys - ys.mean()) ** 2))
-    r2 = 1.0 - residual / total if total > 0 else 1.0
-    return LinearFit(float(intercept), float(slope), r2, int(xs.size))
+    return LinearFit(float(intercept), float(slope), _r_squared(ys, intercept + slope * xs), int(xs.size))
 
 
 @dataclass(frozen=True)

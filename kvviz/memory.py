@@ -428,7 +428,7 @@ class GPU:
 
     @property
     def memory_bytes(self) -> int:
-        return self.memory_mib * 2**20
+        return self.memory_mib * MIB
 
     @property
     def memory_gib(self) -> float:

@@ -15,8 +15,7 @@ from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.ui import attention_widgets as aw
 from kvviz.ui.resources import get_model
-from kvviz.ui import session as sessions
-from kvviz.ui.session import get_session
+from kvviz.ui.session import ATTENTION_BUDGET_TEXT, get_session
 
 DEFAULT_PROMPT = "Explain in three short sentences why the sky is blue."
 
@@ -85,11 +84,11 @@ if generate_clicked:
         st.stop()
 
 trace = session.attention_trace()
-if len(trace.records) < len(session.trace.records):
-    st.info(f"Attention capture stopped after {trace_length(trace):,} of the trace's "
-            f"{trace_length(session.trace):,} tokens, when this tab held {sessions.ATTENTION_BUDGET_BYTES // 2**20} MiB "
-            "of attention rows; the matrix below covers the tokens captured. Reset on the Step-through page (or "
-            "Generate here) to start over.")
+stopped_at = session.capture_stopped_at()
+if stopped_at:
+    st.info(f"Attention capture stopped after {stopped_at:,} of the trace's {trace_length(session.trace):,} tokens, "
+            f"when this tab held {ATTENTION_BUDGET_TEXT} of attention rows; the matrix below covers the tokens "
+            "captured. Reset on the Step-through page (or Generate here) to start over.")
 n = trace_length(trace)
 memory = aw.memory_summary(trace, card)
 matrix_slot.plotly_chart(aw.head_figure(trace, layer, head, how), key="attn-matrix")

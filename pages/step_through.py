@@ -152,14 +152,11 @@ def attention_panel(trace: Trace) -> None:
         "of the whole cache is the part of a step that still grows with the context."
     )
     if not widgets.attention_layers(trace.records[-1]):
-        captured = trace.with_attention()
-        if captured.records:
-            st.info(f"Attention capture stopped at {captured.records[-1].sequence_length:,} tokens: this tab then held "
-                    f"{charts.format_bytes(trace.attention_bytes())} of attention rows, its limit of "
-                    f"{sessions.ATTENTION_BUDGET_BYTES // 2**20} MiB. The cache and the timings go on; Reset to start "
-                    "a new trace with attention.")
-        else:
-            st.info("This trace was recorded without attention weights.")
+        stopped_at = sessions.get_session().capture_stopped_at()
+        st.info(f"Attention capture stopped at {stopped_at:,} tokens: this tab then held "
+                f"{charts.format_bytes(trace.attention_bytes())} of attention rows, its limit of "
+                f"{sessions.ATTENTION_BUDGET_TEXT}. The cache and the timings go on; Reset to start a new trace with "
+                "attention." if stopped_at else "This trace was recorded without attention weights.")
         return
     left, right = st.columns([3, 2], gap="medium")
     with left:

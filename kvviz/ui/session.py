@@ -23,6 +23,7 @@ _KEY = "kvviz_session"
 # Attention rows a session keeps (float16; SmolLM2 holds 540·T bytes per step, so ~1,000 tokens fill this). Past it,
 # steps go on without capturing attention, so many open tabs cannot exhaust the server's memory.
 ATTENTION_BUDGET_BYTES = 256 * 2**20
+ATTENTION_BUDGET_TEXT = f"{ATTENTION_BUDGET_BYTES // 2**20} MiB"
 
 MessageLevel = Literal["error", "warning", "info"]
 
@@ -53,11 +54,17 @@ class SessionTrace:
         captured = self.trace.with_attention()
         if captured is self.trace:
             return captured
-        if self._captured is not None and self._captured[0] is self.trace and \
-                len(self._captured[1].records) == len(captured.records):
-            return self._captured[1]
-        self._captured = (self.trace, captured)
-        return captured
+        # Once capture has stopped it stays off for this trace, so its captured part no longer changes.
+        if self._captured is None or self._captured[0] is not self.trace:
+            self._captured = (self.trace, captured)
+        return self._captured[1]
+
+    def capture_stopped_at(self) -> int | None:
+        """Tokens in the context when attention capture stopped at the budget; None while it has not."""
+        captured = self.attention_trace()
+        if captured is None or captured is self.trace or not captured.records:
+            return None
+        return captured.records[-1].sequence_length
 
     @property
     def started(self) -> bool:
