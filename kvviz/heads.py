@@ -9,7 +9,10 @@ Every score is a mean over query rows of the causal attention matrix (row i = wh
 - induction score: weight on the positions right after earlier occurrences of the query's own token, over the
   queries whose token occurred before. On the probe (random tokens, then the same tokens again) that is exactly
   the attention from the second copy to "the token after the earlier occurrence";
-- mean entropy: -Σ a·log(a) in nats, over queries 1..T-1 (0 = all weight on one key; uniform over k keys = ln k).
+- mean entropy: -Σ a·log(a) in nats, over queries 1..T-1 (0 = all weight on one key; uniform over k keys = ln k);
+- spread (normalised entropy): each query's entropy divided by ln(i+1), the entropy of uniform weight over the i+1
+  positions query i can see, averaged over queries 1..T-1. 0 = one key, 1 = uniform. Entropy in nats grows with
+  the context (ln k), so maps of traces of different lengths are only comparable in this form.
 
 Scores are computed block by block from ``row_blocks`` so a long trace is never held as a full matrix per layer.
 The induction probe runs the model through a ``NaiveStepper`` (one forward pass with attention capture).
@@ -32,14 +35,17 @@ from kvviz.stepper import NaiveStepper
 PROBE_HALF_LENGTH = 50
 PROBE_SEED = 0
 
-MEASURES = ("sink", "previous", "induction", "entropy")
+MEASURES = ("sink", "previous", "induction", "entropy", "spread")
+# The maps the Attention page draws: spread stands for entropy there, since it compares across trace lengths.
+MAPS = ("sink", "previous", "induction", "spread")
 # A head "is" a sink / previous-token / induction head when its mean score reaches these (weights are in [0, 1]).
 THRESHOLDS = {"sink": 0.5, "previous": 0.5, "induction": 0.4}
 TITLES = {
     "sink": "Which heads park their attention on the first token?",
     "previous": "Which heads look at the previous token?",
     "induction": "Which heads copy what followed this token last time?",
-    "entropy": "How spread out is each head's attention?",
+    "entropy": "How spread out is each head's attention (nats)?",
+    "spread": "How spread out is each head's attention?",
 }
 MEANINGS = {
     "sink": "Sink mass: mean weight on position 0 over every query after it. A head with nothing useful to read "
@@ -49,6 +55,18 @@ MEANINGS = {
     "induction": "Induction score, on random tokens repeated twice: mean weight from each token of the second copy "
                  "on the token that followed its earlier occurrence. 1 = a perfect 'A B … A → B' copier.",
     "entropy": "Mean entropy in nats: 0 = all weight on one key; uniform over k keys = ln k (ln 100 ≈ 4.6).",
+    "spread": "Spread: each query's entropy as a fraction of the most it could be, ln(positions it can see), "
+              "averaged over queries 1 onwards. 0 = all weight on one key, 1 = even over every key. Unlike "
+              "entropy in nats it does not grow with the length of the trace.",
+}
+
+# What a trace must hold before a measure has any query to average over.
+NEEDS = {
+    "sink": "it needs at least 2 tokens",
+    "previous": "it needs at least 3 tokens",
+    "induction": "no token occurs twice in it",
+    "entropy": "it needs at least 2 tokens",
+    "spread": "it needs at least 2 tokens",
 }
 
 
@@ -60,6 +78,7 @@ class HeadScores:
     previous: np.ndarray
     induction: np.ndarray  # NaN where no query's token occurred earlier
     entropy: np.ndarray
+    spread: np.ndarray  # entropy / ln(visible positions), in [0, 1]
     tokens: int
     source: str  # what the scores were measured on, for chart notes
 
@@ -100,6 +119,8 @@ def _block_sums(block: np.ndarray, first_query: int, tokens: np.ndarray | None) 
     np.log(block, out=log, where=block > 0)  # 0·log 0 counts as 0
     entropy = -np.einsum("hqk,hqk->hq", block, log)  # (H, q)
     sums["entropy"] = (entropy[:, after_first].sum(axis=1), int(after_first.sum()))
+    most = np.log(queries[after_first] + 1.0)  # uniform weight over the i+1 visible positions
+    sums["spread"] = ((entropy[:, after_first] / most).sum(axis=1), int(after_first.sum()))
 
     rows = np.nonzero(queries >= 2)[0]
     previous = block[:, rows, queries[rows] - 1]  # (H, rows)
@@ -187,6 +208,8 @@ def find_heads(scores: HeadScores, measure: str, threshold: float | None = None)
 def describe(finding: Finding, show: int = 5) -> str:
     """One honest sentence: how many heads pass, which, and the strongest even when none passes."""
     layer, head, score = finding.best
+    if np.isnan(score):
+        return f"Not measurable on this trace: {NEEDS[finding.measure]}."
     if not finding.passing:
         return (f"No head reaches {finding.threshold:.2f}; the highest is layer {layer} head {head} "
                 f"at {score:.2f}.")
@@ -197,9 +220,12 @@ def describe(finding: Finding, show: int = 5) -> str:
 
 
 def describe_entropy(scores: HeadScores) -> str:
-    """The most focused and the most spread-out head."""
-    values = scores.entropy
+    """The most focused and the most spread-out head, by spread, with their entropy in nats."""
+    values = scores.spread
+    if np.all(np.isnan(values)):
+        return f"Not measurable on this trace: {NEEDS['spread']}."
     low = np.unravel_index(np.nanargmin(values), values.shape)
     high = np.unravel_index(np.nanargmax(values), values.shape)
-    return (f"Most focused: layer {low[0]} head {low[1]} ({values[low]:.2f} nats); most spread out: "
-            f"layer {high[0]} head {high[1]} ({values[high]:.2f} nats).")
+    return (f"Most focused: layer {low[0]} head {low[1]} (spread {values[low]:.2f}, "
+            f"{scores.entropy[low]:.2f} nats); most spread out: layer {high[0]} head {high[1]} "
+            f"(spread {values[high]:.2f}, {scores.entropy[high]:.2f} nats).")

@@ -134,7 +134,7 @@ class _BaseStepper:
         if len(ids) + new_tokens - 1 > context:
             raise InputError(
                 f"The prompt has {len(ids)} tokens; with {new_tokens} new tokens that exceeds the model's context of "
-                f"{context} tokens. Shorten the prompt or lower max new tokens."
+                f"{context} tokens. Shorten the prompt or ask for fewer new tokens."
             )
         self.reset()
         self.ids = list(ids)

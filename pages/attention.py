@@ -165,9 +165,9 @@ def head_types_section() -> None:
         probe = aw.induction_probe(loaded, int(half), int(seed), rerun=rerun)
     with st.spinner("Scoring every head of the trace…"):
         scores = aw.trace_scores(trace)
-    st.caption(f"Sink, previous-token and entropy maps are measured on the current trace ({n} tokens); the "
+    st.caption(f"Sink, previous-token and spread maps are measured on the current trace ({n} tokens); the "
                f"induction map on the probe: {probe.half_length} seeded random tokens, then the same again.")
-    for measure in hd.MEASURES:
+    for measure in hd.MAPS:
         source = probe.scores if measure == "induction" else scores
         chart_col, text_col = st.columns([3, 1])
         chart_col.plotly_chart(aw.scores_figure(source, measure, card), key=f"attn-type-{measure}")

@@ -36,6 +36,7 @@ def test_known_heads_get_their_known_scores():
     assert scores.sink[0] == pytest.approx([1.0, 1 / (T - 1), 0.0, np.mean(1 / (queries + 1))])
     assert scores.previous[0] == pytest.approx([0.0, 1.0, 0.0, np.mean(1 / (np.arange(2, T) + 1))])
     assert scores.entropy[0] == pytest.approx([0.0, 0.0, 0.0, np.mean(np.log(queries + 1))], abs=1e-6)
+    assert scores.spread[0] == pytest.approx([0.0, 0.0, 0.0, 1.0], abs=1e-6)  # uniform over what it can see = 1
     assert np.all(np.isnan(scores.induction))  # no tokens given: nothing to measure
     assert scores.sink.shape == (1, 4) and scores.tokens == T
 
@@ -49,6 +50,20 @@ def test_half_sink_half_previous_head_scores_half_on_each():
     assert scores.sink[0, 0] == pytest.approx((1.0 + 0.5 * (T - 2)) / (T - 1))
     assert scores.previous[0, 0] == pytest.approx(0.5)
     assert scores.entropy[0, 0] == pytest.approx(np.log(2) * (T - 2) / (T - 1))
+    # Query 1 sees 2 keys but puts all on one: 0. Queries i >= 2 split in two of i+1 keys: ln 2 / ln(i+1).
+    assert scores.spread[0, 0] == pytest.approx(np.sum(np.log(2) / np.log(np.arange(3, T + 1))) / (T - 1))
+
+
+def test_spread_compares_across_lengths_where_entropy_in_nats_does_not():
+    short, long = hd.score_matrices([uniform_rows(10)[None]]), hd.score_matrices([uniform_rows(400)[None]])
+    assert long.entropy[0, 0] > 2 * short.entropy[0, 0]  # the same behaviour, a different number of nats
+    assert short.spread[0, 0] == pytest.approx(1.0) and long.spread[0, 0] == pytest.approx(1.0)
+    # A head that splits evenly over the first and the previous token: spread falls as the context grows.
+    two = np.zeros((400, 400), dtype=np.float32)
+    two[0, 0] = two[1, 0] = 1.0
+    two[np.arange(2, 400), 0] = two[np.arange(2, 400), np.arange(1, 399)] = 0.5
+    spread = hd.score_matrices([two[None]]).spread[0, 0]
+    assert spread == pytest.approx(np.sum(np.log(2) / np.log(np.arange(3, 401))) / 399) and spread < 0.2
 
 
 def test_induction_score_reads_the_token_after_the_earlier_occurrence():
@@ -85,8 +100,8 @@ def test_streamed_trace_scores_equal_scores_of_the_full_matrices(tiny_llama):
 def test_findings_name_the_passing_heads_or_say_none_pass():
     values = np.zeros((3, 2))
     values[1, 0], values[2, 1] = 0.9, 0.45
-    scores = hd.HeadScores(sink=values, previous=values * 0.5, induction=values, entropy=values, tokens=10,
-                           source="hand-built")
+    scores = hd.HeadScores(sink=values, previous=values * 0.5, induction=values, entropy=values,
+                           spread=values / 2, tokens=10, source="hand-built")
     finding = hd.find_heads(scores, "sink")
     assert finding.passing == ((1, 0, 0.9),) and finding.best == (1, 0, 0.9)
     assert hd.describe(finding) == "1 of 6 heads reach 0.50: L1H0 0.90."
@@ -94,7 +109,8 @@ def test_findings_name_the_passing_heads_or_say_none_pass():
     none = hd.find_heads(scores, "previous")
     assert none.passing == ()
     assert hd.describe(none) == "No head reaches 0.50; the highest is layer 1 head 0 at 0.45."
-    assert "layer 0 head 0" in hd.describe_entropy(scores)
+    assert hd.describe_entropy(scores) == ("Most focused: layer 0 head 0 (spread 0.00, 0.00 nats); most spread out: "
+                                           "layer 1 head 0 (spread 0.45, 0.90 nats).")
 
 
 def test_probe_tokens_are_seeded_distinct_ordinary_tokens_repeated_twice(tiny_llama):
@@ -123,6 +139,7 @@ def test_probe_on_a_model_with_zero_queries_gives_the_uniform_answer():
         "sink": np.mean(1 / (np.arange(1, n) + 1)),
         "previous": np.mean(1 / (np.arange(2, n) + 1)),
         "entropy": np.mean(np.log(np.arange(1, n) + 1)),
+        "spread": 1.0,
     }
     for measure, value in expected.items():
         np.testing.assert_allclose(probe.scores.measure(measure), value, rtol=2e-3)
@@ -150,3 +167,15 @@ def test_default_model_has_sinks_previous_token_and_induction_heads(smollm2):
     per_layer = (scores.sink >= 0.5).sum(axis=1)
     assert per_layer[[0, 1, 11]].tolist() == [0, 0, 0]  # these layers read content, not the first token
     assert per_layer[3:8].min() >= 7  # layers 3-7: nearly every head parks its weight on token 0
+    assert np.nanmin(scores.spread) >= 0.0 and np.nanmax(scores.spread) <= 1.0 + 1e-6
+    assert scores.spread[18, 8] < 0.01  # the pure sink is also the most focused head
+
+
+def test_traces_too_short_to_measure_say_so_instead_of_showing_nan():
+    one = hd.score_matrices([np.ones((2, 1, 1), dtype=np.float32)])  # one token: no query after position 0
+    assert hd.describe_entropy(one) == "Not measurable on this trace: it needs at least 2 tokens."
+    assert hd.describe(hd.find_heads(one, "sink")) == "Not measurable on this trace: it needs at least 2 tokens."
+    two = hd.score_matrices([np.stack([one_hot_rows([0, 0])])], token_ids=[5, 6])
+    assert hd.describe(hd.find_heads(two, "previous")) == "Not measurable on this trace: it needs at least 3 tokens."
+    assert hd.describe(hd.find_heads(two, "induction")) == "Not measurable on this trace: no token occurs twice in it."
+    assert "nan" not in hd.describe(hd.find_heads(two, "sink"))

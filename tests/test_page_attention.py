@@ -161,3 +161,19 @@ def test_attention_capture_stops_at_the_session_budget_and_the_page_shows_the_ca
     assert any("Attention capture stopped after 11 of the trace's 14 tokens" in m.value for m in at.info)
     matrix = next(c for t, c in charts_by_title(at).items() if t.startswith("What did each token"))
     assert heatmap_z(matrix).shape == (11, 11)
+
+
+def test_a_one_token_trace_draws_and_says_what_cannot_be_measured(tiny_llama):
+    at = generate(AppTest.from_file(PAGE, default_timeout=120).run(), tokens=1, prompt="a")
+    assert not at.exception and not at.error
+    assert len(at.session_state[SESSION_KEY].trace.records) == 1
+    texts = [m.value for m in at.markdown]
+    assert any(t.startswith("Not measurable on this trace: it needs at least 2 tokens") for t in texts)
+    assert not any(" nan" in t for t in texts)
+
+
+def test_a_long_prompt_that_fits_the_context_is_not_refused_for_the_pages_token_cap(tiny_llama):
+    """tiny-llama holds 1,024 positions: a 700-token prompt and 20 new tokens fit, though 700 + 512 would not."""
+    at = generate(AppTest.from_file(PAGE, default_timeout=120).run(), tokens=20, prompt="ab" * 350)
+    assert not at.exception and not at.error
+    assert at.session_state[SESSION_KEY].trace.prompt_tokens == 700

@@ -20,7 +20,7 @@ from kvviz.charts import attention as charts
 from kvviz.charts.style import measured_on
 from kvviz.models import LoadedModel, ModelCard
 from kvviz.records import Trace
-from kvviz.stepper import Sampling
+from kvviz.stepper import Sampling, encode_prompt
 from kvviz.ui.session import SessionTrace, prefill, step
 
 T = TypeVar("T")
@@ -95,8 +95,12 @@ def generate(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_te
 
     Stops early at an end-of-sequence token. Returns a one-line summary for the page.
     """
+    # Room for "One more token" later, up to the page's cap, as far as the context allows; never less than asked
+    # for, so that a prompt too long for ``new_tokens`` is refused with the numbers the user chose.
+    room = loaded.card.context_length - len(encode_prompt(loaded, prompt, chat_template)) + 1
+    limit = max(new_tokens, min(PAGE_MAX_NEW_TOKENS, room))
     record = prefill(session, loaded, prompt, chat_template=chat_template, compare=False, sampling=Sampling(),
-                     max_new_tokens=PAGE_MAX_NEW_TOKENS)
+                     max_new_tokens=limit)
     on_progress(session.trace)
     last_draw = time.perf_counter()
     made = 1
@@ -166,16 +170,16 @@ def induction_probe(loaded: LoadedModel, half_length: int, seed: int, rerun: boo
 
 def scores_figure(scores: hd.HeadScores, measure: str, card: ModelCard) -> go.Figure:
     """A head-type map with its question as title and what it was measured on as note."""
-    is_entropy = measure == "entropy"
+    unit = {"entropy": "nats", "spread": "of max"}.get(measure, "weight")
     return charts.head_scores_figure(
         scores.measure(measure), title=hd.TITLES[measure], measure=measure,
-        queries_per_kv=card.queries_per_kv_head, threshold=None if is_entropy else hd.THRESHOLDS[measure],
-        note=scores.source, zmax=None if is_entropy else 1.0, unit="nats" if is_entropy else "weight",
+        queries_per_kv=card.queries_per_kv_head, threshold=hd.THRESHOLDS.get(measure),
+        note=scores.source, zmax=None if measure == "entropy" else 1.0, unit=unit,
     )
 
 
 def finding_sentence(scores: hd.HeadScores, measure: str) -> str:
-    if measure == "entropy":
+    if measure in ("entropy", "spread"):
         return hd.describe_entropy(scores)
     return hd.describe(hd.find_heads(scores, measure))
 
