@@ -205,8 +205,15 @@ class PathResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PathResult":
         cold = data.get("cold") or {}
+        status = str(data["status"])
+        if status not in PATH_STATUSES:
+            raise ValueError(f"path {data['path']!s} has the unknown status {status!r}")
+        if status == "ok":
+            missing = [name for name in ("prefill_ms", "ms_per_token", "total_ms") if not data.get(name)]
+            if missing:
+                raise ValueError(f"path {data['path']!s} is 'ok' but has no {', '.join(missing)}")
         return cls(
-            path=str(data["path"]), label=str(data.get("label", data["path"])), status=str(data["status"]),
+            path=str(data["path"]), label=str(data.get("label", data["path"])), status=status,
             reason=str(data.get("reason", "")), runs=int(data.get("runs", 0)),
             tokens=tuple(int(t) for t in data.get("tokens", ())), matches_reference=data.get("matches_reference"),
             first_mismatch=data.get("first_mismatch"), prefill_ms=Spread.from_dict(data.get("prefill_ms")),
@@ -214,6 +221,9 @@ class PathResult:
             cold_setup_ms=cold.get("setup_ms"), cold_prefill_ms=cold.get("prefill_ms"),
             cold_first_step_ms=cold.get("first_step_ms"), steps=StepSeries.from_dict(data["steps"]),
         )
+
+
+PATH_STATUSES = ("ok", "skipped", "failed", "stopped")
 
 
 @dataclass(frozen=True)
@@ -246,6 +256,10 @@ class Environment:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Environment":
+        optional = ("cuda", "load_average", "cpus")  # None is a real value for these (no CUDA, not read)
+        missing = [name for name in cls.__dataclass_fields__ if name not in optional and data.get(name) is None]
+        if missing:
+            raise KeyError(f"environment.{missing[0]}")
         return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
 
     def describe(self) -> str:
@@ -473,7 +487,7 @@ class BenchResult:
                 complete=bool(data["complete"]),
                 reference_path=data.get("reference_path"),
             )
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise ValueError(f"the benchmark result is missing or mistypes a field ({error})") from None
 
     @classmethod

@@ -295,6 +295,26 @@ def test_json_has_the_documented_fields_and_round_trips(llama_result):
         BenchResult.from_json('{"format": "something else"}')
 
 
+def _broken(data: dict, change) -> str:
+    broken = json.loads(json.dumps(data))
+    change(broken)
+    return json.dumps(broken)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda d: d.update(environment=[]), "missing or mistypes"),
+    (lambda d: d["environment"].pop("device"), "environment.device"),
+    (lambda d: d["paths"][0].update(prefill_ms=None), "is 'ok' but has no prefill_ms"),
+    (lambda d: d["paths"][0].update(ms_per_token={"median": "fast"}), "missing or mistypes"),
+    (lambda d: d["paths"][0].update(status="great"), "unknown status 'great'"),
+])
+def test_a_damaged_result_file_is_refused_with_a_reason(llama_result, change, reason):
+    """What the Speed page's upload relies on: anything that would crash a chart is a ValueError when read."""
+    text = _broken(llama_result.to_dict(), change)
+    with pytest.raises(ValueError, match=reason):
+        BenchResult.from_json(text)
+
+
 def test_the_format_document_names_every_field():
     text = (Path(__file__).parent.parent / "docs" / "bench-format.md").read_text(encoding="utf-8")
     for name in PATH_FIELDS | STEP_FIELDS | {"format_version", "environment", "summary", "naive_fit", "naive_step_fit",
@@ -363,7 +383,22 @@ def test_charts_handle_a_two_thousand_token_run():
     assert any(trace.name and trace.name.startswith("naive fit") and "R² = 1.000" in trace.name for trace in fig.data)
     assert charts.speedup_figure(result).layout.shapes  # break-even line and the crossover marker
     rows = charts.summary_rows(result)
-    assert [row["path"] for row in rows] == ["naive", "kvviz"] and rows[1]["same tokens"] == "–"
+    assert [row["path"] for row in rows] == ["naive", "kvviz"] and rows[1]["same tokens"] == "—"
+
+
+def test_summary_table_has_every_column_in_every_row_and_no_none(llama_result):
+    rows = charts.summary_rows(llama_result)
+    assert sorted(row["path"] for row in rows) == sorted(CPU_PATHS + ("graphs",))
+    assert all(tuple(row) == charts.SUMMARY_COLUMNS for row in rows)  # one shape: no blank cells in the table
+    assert all(isinstance(value, str) and value not in ("", "None", "nan") for row in rows
+               for column, value in row.items() if column != "note")
+    graphs = next(row for row in rows if row["path"] == "graphs")
+    assert graphs["status"] == "skipped" and "CUDA" in graphs["note"] and graphs["ms / token (median)"] == "—"
+    dynamic = next(row for row in rows if row["path"] == "dynamic")
+    assert float(dynamic["ms / token (median)"]) == pytest.approx(llama_result.path("dynamic").ms_per_token.median,
+                                                                 abs=0.005)
+    generate = next(row for row in rows if row["path"] == "generate")
+    assert generate["first step ms (warm-up)"] == "—"  # generate() reports only its total
 
 
 # ----- command line ---------------------------------------------------------------------------------------------

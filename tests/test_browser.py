@@ -88,3 +88,55 @@ def test_step_through_in_a_real_browser(tmp_path):
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_speed_page_stop_ends_a_running_benchmark_in_a_real_browser(tmp_path):
+    """Stop interrupts a benchmark that is really running, the page keeps the runs that finished, and the
+    server's one-benchmark-at-a-time lock is free again afterwards."""
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    log = tmp_path / "streamlit.log"
+    with running_app(log_path=log) as url, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = StepPage(browser.new_page(viewport={"width": 1400, "height": 1200}), url, log).open()
+            tab = page.page
+            tab.get_by_test_id("stSidebarNav").get_by_text("Speed", exact=True).click()
+            tab.get_by_text("Choose a model and press").wait_for(timeout=STEP_TIMEOUT_MS)
+            main = tab.get_by_test_id("stMainBlockContainer")
+            main.get_by_test_id("stSelectbox").first.click()
+            tab.get_by_role("option", name="tiny-llama").click()
+            tokens, prompt = main.get_by_role("slider").nth(0), main.get_by_role("slider").nth(1)
+            tokens.focus()
+            tab.keyboard.press("End")  # 1,024 new tokens,
+            tab.keyboard.press("ArrowLeft")  # then 1,020: with 1 prompt token it fits tiny-llama's context
+            prompt.focus()
+            tab.keyboard.press("Home")
+            page.wait_idle()
+            assert (tokens.input_value(), prompt.input_value()) == ("1020", "1")
+
+            page.click("Run benchmark")
+            progress = tab.get_by_test_id("stProgress")
+            # Stop once the naive run has finished and the next path's timed run is under way.
+            expect(progress).to_contain_text("dynamic: run 1/3", timeout=STEP_TIMEOUT_MS)
+            page.click("Stop")
+            tab.get_by_text("Stopped. Showing the runs that finished before the stop.").wait_for(
+                timeout=STEP_TIMEOUT_MS)
+            page.wait_idle()
+            assert progress.count() == 0
+            metrics = main.get_by_test_id("stMetric").all_inner_texts()
+            assert len(metrics) == 1 and metrics[0].startswith("naive · ms/token"), metrics
+            assert float(metrics[0].split()[-1]) > 0
+            assert main.get_by_text("stopped early", exact=False).count() >= 1  # the charts say so too
+
+            # The stopped run released the server's benchmark lock: a new run starts (and is stopped again).
+            page.click("Run benchmark")
+            expect(progress).to_contain_text("%", timeout=STEP_TIMEOUT_MS)
+            assert main.get_by_text("Another benchmark is running").count() == 0
+            page.click("Stop")
+            tab.get_by_text("Stopped.", exact=False).first.wait_for(timeout=STEP_TIMEOUT_MS)
+            page.wait_idle()
+            assert progress.count() == 0
+        finally:
+            browser.close()

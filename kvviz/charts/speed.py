@@ -261,30 +261,40 @@ def per_token_figure(result: BenchResult | None) -> go.Figure:
     return fig
 
 
-def summary_rows(result: BenchResult | None) -> list[dict[str, object]]:
-    """One row per requested path for the page's table: status, ms per token, prefill, cold call, tokens check."""
+def summary_rows(result: BenchResult | None) -> list[dict[str, str | int]]:
+    """One row per requested path for the page's table: status, ms per token, prefill, cold call, tokens check.
+
+    Every row has every column and every cell is text: a value a path does not have (a skipped path's times,
+    generate's per-step figures) reads "—", never a blank or "None".
+    """
     if result is None:
         return []
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, str | int]] = []
     for path in result.paths:
-        if not path.ok:
-            rows.append({"path": path.path, "status": path.status, "note": path.reason})
-            continue
-        spread = path.ms_per_token
-        speedup = result.speedup_vs_naive(path.path)
-        first_step = path.cold_first_step_ms
-        rows.append({
-            "path": path.path,
-            "status": "ok",
-            "ms / token (median)": round(spread.median, 2),
-            "min–max": f"{spread.low:.2f} – {spread.high:.2f}",
-            "prefill ms": round(path.prefill_ms.median, 1),
-            "first step ms (warm-up)": round(first_step, 1) if first_step is not None else None,
-            "setup ms": round(path.cold_setup_ms, 1) if path.cold_setup_ms is not None else None,
-            "speedup vs naive": f"{speedup:.1f}×" if speedup is not None else "",
-            "same tokens": {True: "yes", False: f"differs at token {path.first_mismatch}", None: "–"}[
-                path.matches_reference],
-            "runs": path.runs,
-            "note": path.reason,
-        })
+        row = dict.fromkeys(SUMMARY_COLUMNS, MISSING)
+        row.update({"path": path.path, "status": path.status, "note": path.reason or ""})
+        if path.ok:
+            spread = path.ms_per_token
+            speedup = result.speedup_vs_naive(path.path)
+            row.update({
+                "ms / token (median)": f"{spread.median:.2f}",
+                "min–max": f"{spread.low:.2f} – {spread.high:.2f}",
+                "prefill ms": f"{path.prefill_ms.median:.1f}",
+                "first step ms (warm-up)": _ms(path.cold_first_step_ms),
+                "setup ms": _ms(path.cold_setup_ms),
+                "speedup vs naive": f"{speedup:.1f}×" if speedup is not None else MISSING,
+                "same tokens": {True: "yes", False: f"differs at token {path.first_mismatch}", None: MISSING}[
+                    path.matches_reference],
+                "runs": str(path.runs),
+            })
+        rows.append(row)
     return rows
+
+
+MISSING = "—"
+SUMMARY_COLUMNS = ("path", "status", "ms / token (median)", "min–max", "prefill ms", "first step ms (warm-up)",
+                   "setup ms", "speedup vs naive", "same tokens", "runs", "note")
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else MISSING
