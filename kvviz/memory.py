@@ -920,8 +920,10 @@ def measure_live_cache(loaded: Any, prompt_tokens: int = 128, new_tokens: int = 
     if cuda:
         torch.cuda.synchronize(loaded.device)
         growth = torch.cuda.memory_allocated(loaded.device) - before
-        note = ("torch.cuda.memory_allocated grew by this much between the prefill and the last step; the caching "
-                "allocator rounds each block up to 512 bytes, hence a small difference.")
+        note = ("torch.cuda.memory_allocated grew by this much from just before the prefill to just after the last "
+                "step. The caching allocator rounds each block up to 512 bytes, hence a small difference. The "
+                "counter is the whole process's: another browser session stepping this server's model at the same "
+                "time adds its own memory to it.")
     how = f"a fresh prefill of {prompt_tokens} tokens and {new_tokens - 1} decode steps"
     check = check_record(loaded, record, how)
     del stepper  # the cache goes with it; nothing else holds it

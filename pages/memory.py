@@ -6,6 +6,8 @@ the live check runs in the engine (``kvviz.memory.measure_live_cache``) on the s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from kvviz import memory as mem
@@ -69,6 +71,15 @@ if focus_name == FROM_CONFIG:
     if focus is None:
         st.info("Paste a config.json or give a folder to size your model.")
         st.stop()
+
+if not focus.parameters:
+    st.warning(f"transformers cannot build {focus.name} as a causal language model, so kvviz could not count its "
+               "parameters: the weights below are 0 and the fit covers the KV cache only, unless you give the "
+               "count here.")
+    given = st.number_input("Parameters (from the model card)", min_value=0, max_value=10**13, value=0, step=10**6,
+                            key="mem_parameters")
+    if given:
+        focus = replace(focus, parameters=int(given))
 
 try:
     weights = mem.WEIGHT_PRECISIONS[weights_key]

@@ -202,7 +202,11 @@ def attention_layer_panel() -> None:
         return
     layers = widgets.attention_layers(trace.records[-1])
     # Keyed by the layer count so that switching to a model with fewer layers starts a fresh slider.
-    layer = st.slider("Layer", 0, layers - 1, layers // 2, key=f"attention_layer_{layers}")
+    if layers > 1:
+        layer = st.slider("Layer", 0, layers - 1, layers // 2, key=f"attention_layer_{layers}")
+    else:  # a slider needs two ends: a one-layer model has nothing to choose
+        layer = 0
+        st.caption("Layer 0, the model's only layer.")
     widgets.show_figure(charts.attention_layer_figure(trace, layer), "attention_layer")
     caption = widgets.grouped_query_caption(trace.records[-1])
     if caption:

@@ -190,11 +190,20 @@ def test_candidates_are_the_top_ten_with_the_chosen_one_marked(stepped):
 
 
 def test_timing_keeps_the_prefill_apart_and_sums_the_steps(stepped):
+    from dataclasses import replace
+
     trace, _ = stepped
+    # Known times: a 100 ms prefill (naive 150) and decode steps of 1, 2, 3 … ms (naive 10, 20, 30 …).
+    timed = Trace(model=trace.model, device=trace.device, dtype=trace.dtype)
+    for index, record in enumerate(trace.records):
+        timed.append(replace(record, ms=100.0 if index == 0 else float(index),
+                             ms_naive=150.0 if index == 0 else 10.0 * index))
+    known = charts.timing_summary(timed)
+    assert (known.prefill_ms, known.prefill_naive_ms, known.decode_steps) == (100.0, 150.0, STEPS)
+    assert known.cached_decode_ms == STEPS * (STEPS + 1) / 2 and known.naive_decode_ms == 10 * known.cached_decode_ms
+    assert known.speedup == pytest.approx(10.0) and known.latest_ms == STEPS
     summary = charts.timing_summary(trace)
-    assert summary.prefill_ms == trace.records[0].ms
     assert summary.decode_steps == STEPS
-    assert summary.cached_decode_ms == pytest.approx(sum(r.ms for r in trace.records[1:]))
     naive, cached = charts.cumulative_figure(trace).data
     assert cached.y[-1] == pytest.approx(summary.cached_decode_ms / 1000)
     assert naive.y[-1] == pytest.approx(summary.naive_decode_ms / 1000)
@@ -205,3 +214,27 @@ def test_token_labels_make_whitespace_visible():
     assert charts.token_label(" Paris") == "␣Paris"
     assert charts.token_label("\n") == "⏎"
     assert charts.token_label("") == "∅"
+
+
+def test_a_sliding_window_cache_sits_on_the_formula_line_after_the_window_fills():
+    """Mistral-style layers with a window of 8 hold at most 7 tokens between calls: the line bends there."""
+    from transformers import MistralConfig
+
+    from kvviz.models import load_random_model
+    from kvviz.stepper import Stepper
+
+    config = MistralConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=8,
+                           max_position_embeddings=256)
+    stepper = Stepper(load_random_model(config, "tiny-mistral-sliding"))
+    trace = Trace(model="tiny-mistral", device="cpu", dtype="float32")
+    trace.append(stepper.prefill("abc"))
+    for _ in range(12):
+        trace.append(stepper.step())
+    measured, formula = charts.cache_bytes_figure(trace).data
+    tokens, measured_bytes = np.asarray(measured.x), np.asarray(measured.y) * charts.MIB
+    assert measured_bytes.max() == 2 * 2 * 1 * 8 * 4 * 7  # 2 layers hold 7 tokens of K and V each, then stop
+    on_line = np.interp(tokens, np.asarray(formula.x), np.asarray(formula.y) * charts.MIB)
+    np.testing.assert_allclose(measured_bytes, on_line)
+    assert list(formula.x) == [0, 7, int(tokens.max())]
+    assert "2 of 2 layers sliding (window 8" in charts.cache_geometry(trace.records[-1]).formula_text()

@@ -11,7 +11,7 @@ import torch
 from transformers import MistralConfig
 
 from kvviz.errors import InputError
-from kvviz.models import load_random_model
+from kvviz.models import load_random_model, tiny_config
 from kvviz.stepper import CompareStepper, NaiveStepper, Sampling, Stepper
 
 PROMPT = "The quick brown fox jumps over"
@@ -96,16 +96,25 @@ def test_prefill_attention_equals_full_forward_attention(tiny_llama):
         np.testing.assert_allclose(x.astype(np.float32), y.astype(np.float32), atol=1e-3)
 
 
-def test_recorded_kv_rows_are_the_appended_cache_columns(tiny_llama):
-    stepper = Stepper(tiny_llama, record_kv=True)
-    stepper.prefill(PROMPT)
-    record = stepper.step()
-    position = record.cache_layers[0].appended[0]
-    for layer_idx, (keys, values) in enumerate(record.kv_rows):
+def test_recorded_kv_rows_are_the_appended_cache_columns():
+    """Every call's recorded rows equal the live cache at exactly the positions it appended (float16 copies), on a
+    model whose rows differ from position to position, so a row shifted by one position would fail."""
+    config = tiny_config("tiny-llama")
+    config.initializer_range = 0.5  # rows of neighbouring positions far apart (the default init makes them close)
+    loaded = load_random_model(config, "tiny-llama-varied")
+    stepper = Stepper(loaded, record_kv=True)
+    records = [stepper.prefill(PROMPT)] + [stepper.step() for _ in range(3)]
+    assert [r.cache_layers[0].appended for r in records[1:]] == [
+        (len(records[0].new_ids) + i, len(records[0].new_ids) + i + 1) for i in range(3)]
+    for layer_idx in range(loaded.card.layers):
         live = stepper.cache.layers[layer_idx]
-        assert keys.shape == (tiny_llama.card.kv_heads, 1, tiny_llama.card.head_dim)
-        np.testing.assert_allclose(keys[:, 0], live.keys[0, :, position].numpy(), atol=1e-2)
-        np.testing.assert_allclose(values[:, 0], live.values[0, :, position].numpy(), atol=1e-2)
+        keys = np.concatenate([r.kv_rows[layer_idx][0] for r in records], axis=1)  # (kv_heads, positions, dim)
+        values = np.concatenate([r.kv_rows[layer_idx][1] for r in records], axis=1)
+        assert keys.shape == (loaded.card.kv_heads, live.keys.shape[2], loaded.card.head_dim)
+        for recorded, cached in ((keys, live.keys[0].numpy()), (values, live.values[0].numpy())):
+            np.testing.assert_allclose(recorded.astype(np.float32), cached, rtol=2e-3, atol=1e-3)
+            shifted = np.abs(recorded[:, 1:].astype(np.float32) - cached[:, :-1]).max(axis=(0, 2))
+            assert shifted.min() > 0.05  # what an off-by-one position would look like: far outside the tolerance
 
 
 def test_two_steppers_interleaved_equal_sequential(tiny_llama):

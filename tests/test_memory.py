@@ -55,7 +55,8 @@ def test_llama_31_70b_at_128k_holds_40_gib_and_does_not_fit_an_h100_beside_its_w
     assert est.weights_bytes == 2 * 70_553_706_496
     fit = mem.fit_on_gpu(est, mem.GPUS["h100"], reserve=0.0)
     assert not fit.weights_fit and not fit.fits and fit.max_batch == 0 and fit.max_context == 0
-    assert fit.gpus_needed == math.ceil((2 * 70_553_706_496 + 40 * mem.GIB) / (80 * mem.GIB)) == 3
+    # An H100's driver reports 81,559 MiB, not the 80 GB on its box: that is what the weights are split over.
+    assert fit.gpus_needed == math.ceil((2 * 70_553_706_496 + 40 * mem.GIB) / (81_559 * mem.MIB)) == 3
     assert "alone exceed" in fit.sentence()
 
 

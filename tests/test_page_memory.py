@@ -125,3 +125,17 @@ def test_page_is_registered_in_the_app():
     at.switch_page(PAGE).run()
     assert not at.exception
     assert "holds 40 GiB of KV cache" in at.subheader[0].value
+
+
+def test_a_config_whose_parameters_cannot_be_counted_says_so_and_takes_the_count():
+    at = page().run()
+    at.selectbox(key="mem_model").set_value("From a config.json…")
+    at.run()
+    at.text_area(key="mem_config_text").set_value(json.dumps({"model_type": "distilbert", "_name_or_path": "d"}))
+    at.run()
+    assert not at.exception
+    assert any("could not count its parameters" in warning.value for warning in at.warning)
+    assert {m.label: m.value for m in at.metric}["Weights (bf16)"] == "0 bytes"
+    at.number_input(key="mem_parameters").set_value(66_000_000).run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Weights (bf16)"] == "125.9 MiB"  # 66e6 × 2 bytes

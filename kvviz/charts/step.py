@@ -75,15 +75,36 @@ class CacheGeometry:
     head_dim: int
     dtype: str
     element_bytes: int
+    windows: tuple[int | None, ...] = ()  # per layer: its sliding window, None for a full-attention layer
 
     @property
     def bytes_per_token(self) -> int:
-        """2 (K and V) · layers · kv_heads · head_dim · bytes per element."""
+        """2 (K and V) · layers · kv_heads · head_dim · bytes per element (while no window is full)."""
         return 2 * self.layers * self.kv_heads * self.head_dim * self.element_bytes
 
+    def bytes_at(self, tokens: np.ndarray) -> np.ndarray:
+        """Cache bytes after a call that leaves ``tokens`` positions seen. A sliding layer holds at most
+        ``window - 1`` of them between calls, as transformers' DynamicCache keeps them (the next token completes
+        the window); the same rule ``kvviz.memory`` counts with."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        per_layer_token = 2 * self.kv_heads * self.head_dim * self.element_bytes
+        windows = self.windows or (None,) * self.layers
+        held = sum(tokens if w is None else np.minimum(tokens, w - 1) for w in windows)
+        return held * per_layer_token
+
+    def breakpoints(self) -> tuple[int, ...]:
+        """Token counts where a window fills and the line bends."""
+        return tuple(sorted({w - 1 for w in self.windows if w is not None}))
+
     def formula_text(self) -> str:
-        return (f"2 · {self.layers} layers · {self.kv_heads} KV heads · {self.head_dim} dims · "
+        text = (f"2 · {self.layers} layers · {self.kv_heads} KV heads · {self.head_dim} dims · "
                 f"{self.element_bytes} B = {self.bytes_per_token:,} B per token")
+        sliding = sum(w is not None for w in self.windows)
+        if sliding:
+            window = min(w for w in self.windows if w is not None)
+            text += (f", {sliding} of {self.layers} layers sliding (window {window:,}: they hold at most "
+                     f"{window - 1:,} tokens between calls)")
+        return text
 
 
 def cache_geometry(record: StepRecord | None) -> CacheGeometry | None:
@@ -92,7 +113,8 @@ def cache_geometry(record: StepRecord | None) -> CacheGeometry | None:
         return None
     first = record.cache_layers[0]
     _, kv_heads, _, head_dim = first.shape
-    return CacheGeometry(len(record.cache_layers), kv_heads, head_dim, first.dtype, bytes_per_element(first.dtype))
+    return CacheGeometry(len(record.cache_layers), kv_heads, head_dim, first.dtype, bytes_per_element(first.dtype),
+                         tuple(layer.sliding_window for layer in record.cache_layers))
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -335,9 +357,10 @@ def cache_bytes_figure(trace: Trace) -> go.Figure:
         "customdata": np.stack([np.array([r.index for r in records]), measured], axis=1),
         "hovertemplate": "step %{customdata[0]}<br>%{x} tokens<br>%{customdata[1]:,.0f} B<extra>measured</extra>",
     })
-    line_x = np.array([0, int(tokens.max())])
+    end = int(tokens.max())
+    line_x = np.array([0, *(t for t in geometry.breakpoints() if t < end), end])
     spec.data.append({
-        "type": "scatter", "x": line_x, "y": line_x * geometry.bytes_per_token / MIB, "mode": "lines",
+        "type": "scatter", "x": line_x, "y": geometry.bytes_at(line_x) / MIB, "mode": "lines",
         "name": "formula", "line": {"color": FORMULA, "dash": "dash", "width": 2},
         "hovertemplate": f"{geometry.formula_text()}<br>%{{x}} tokens → %{{y:.3f}} MiB<extra>formula</extra>",
     })
