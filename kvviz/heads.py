@@ -15,7 +15,9 @@ Every score is a mean over query rows of the causal attention matrix (row i = wh
   the context (ln k), so maps of traces of different lengths are only comparable in this form.
 
 Scores are computed block by block from ``row_blocks`` so a long trace is never held as a full matrix per layer.
-The induction probe runs the model through a ``NaiveStepper`` (one forward pass with attention capture).
+The induction probe runs the model through a ``NaiveStepper`` (one forward pass with attention capture). It adds
+no beginning-of-sequence token, as SmolLM2's tokenizer adds none to plain text either, so position 0 is one of the
+random tokens (and takes the sink's weight).
 What it does not do: draw, or decide what a "real" head is beyond the stated thresholds.
 """
 
