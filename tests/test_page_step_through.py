@@ -246,3 +246,21 @@ def test_past_the_attention_budget_the_attention_panel_says_capture_stopped(monk
     notes = [text for text in texts(at.info) if text.startswith("Attention capture stopped at")]
     assert len(notes) == 1 and "its limit of" in notes[0], texts(at.info)
     assert not at.error
+
+
+def test_a_one_layer_model_from_a_folder_steps_and_draws_without_a_layer_slider(tmp_path):
+    """A slider needs two ends: with one layer the page says which layer it shows instead."""
+    from kvviz.models import byte_tokenizer, load_random_model, tiny_config
+
+    config = tiny_config("tiny-llama")
+    config.num_hidden_layers = 1
+    loaded = load_random_model(config, "one-layer")
+    folder = tmp_path / "one-layer-llama"
+    loaded.model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    at = click(open_page(model="other", model_other=str(folder), panel="Attention"), "prefill")
+    click(at, "next")
+    assert not at.error and cache_len(at) > 0
+    assert len(session(at).trace.records[-1].cache_layers) == 1
+    assert "Layer 0, the model's only layer." in texts(at.caption)
+    assert not any(slider.label == "Layer" for slider in at.slider)
