@@ -665,6 +665,9 @@ def format_table(result: BenchResult) -> str:
     if env.busy:
         lines.append(f"# WARNING: the machine's load ({env.load_average:.1f}) exceeded its {env.cpus} CPUs when this "
                      "started: other work competed for them and the times are inflated and noisy")
+    noise = result.noise_sentence()
+    if noise is not None:
+        lines.append(f"# WARNING: {noise}")
     if not result.all_match:
         lines.append(f"# WARNING: not every path chose the same tokens as {result.reference_path} (see 'tokens')")
     if not result.complete:

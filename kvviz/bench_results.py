@@ -224,6 +224,8 @@ class PathResult:
 
 
 PATH_STATUSES = ("ok", "skipped", "failed", "stopped")
+# Timed runs of one path whose slowest is more than this many times its fastest: something else used the machine.
+NOISY_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,22 @@ class BenchResult:
         return all(p.matches_reference is not False for p in self.measured)
 
     # ----- analysis ---------------------------------------------------------------------------------------------
+    def noisy_paths(self, ratio: float = NOISY_RATIO) -> tuple[PathResult, ...]:
+        """Paths whose timed runs disagree: the slowest run's ms/token over ``ratio`` × the fastest's."""
+        return tuple(p for p in self.measured if p.runs >= 2 and p.ms_per_token is not None
+                     and p.ms_per_token.low > 0 and p.ms_per_token.high / p.ms_per_token.low > ratio)
+
+    def noise_sentence(self, ratio: float = NOISY_RATIO) -> str | None:
+        """A warning when runs of one path disagree by more than ``ratio``; None when every path is steady."""
+        noisy = self.noisy_paths(ratio)
+        if not noisy:
+            return None
+        ranges = "; ".join(f"{p.path}'s {p.runs} runs {p.ms_per_token.low:.2f}–{p.ms_per_token.high:.2f} ms/token "
+                           f"({p.ms_per_token.high / p.ms_per_token.low:.1f}×)" for p in noisy)
+        return (f"Runs disagree: {ranges}. Something else used the machine during the benchmark (on a small "
+                "machine, a browser drawing the page counts too). The medians are shown; compare paths with care, "
+                "or run again on a quiet machine.")
+
     def naive_cumulative(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(tokens generated n, median cumulative ms to produce them) for the naive path, prefill included."""
         naive = self.path("naive")

@@ -69,6 +69,9 @@ st.markdown(f"**Measured on** {result.environment.describe()} · torch threads: 
 if result.environment.busy:
     st.warning(f"The machine's load ({result.environment.load_average:.1f}) exceeded its {result.environment.cpus} "
                "CPUs when this benchmark started: other work competed for them, so the times are inflated and noisy.")
+noise = result.noise_sentence()
+if noise is not None:
+    st.warning(noise)
 if not result.all_match:
     differing = ", ".join(f"{p.path} (from token {p.first_mismatch})" for p in result.measured
                           if p.matches_reference is False)

@@ -440,3 +440,18 @@ def test_cli_bad_arguments_exit_2_with_one_line(args, reason):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kvviz: error:") and reason in lines[0], result.stderr
     assert result.stdout == ""
+
+
+def test_runs_that_disagree_are_flagged_and_steady_ones_are_not():
+    from dataclasses import replace
+
+    ids = (1, 2, 3, 4)
+    steady = replace(_path("dynamic", ids), runs=3, ms_per_token=Spread(2.0, 1.9, 2.2))
+    noisy = replace(_path("kvviz", ids), runs=3, ms_per_token=Spread(17.27, 2.63, 22.71))
+    single = replace(_path("naive", ids), runs=1, ms_per_token=Spread(50.0, 50.0, 50.0))
+    assert _result((single, steady), 4).noise_sentence() is None
+    result = _result((single, steady, noisy), 4)
+    assert [p.path for p in result.noisy_paths()] == ["kvviz"]
+    sentence = result.noise_sentence()
+    assert sentence.startswith("Runs disagree: kvviz's 3 runs 2.63–22.71 ms/token (8.6×).")
+    assert "dynamic" not in sentence

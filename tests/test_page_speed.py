@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
+
+from kvviz.bench_results import Spread
 
 PAGE = str(Path(__file__).parent.parent / "pages" / "speed.py")
 
@@ -43,6 +46,19 @@ def test_running_a_small_benchmark_shows_every_path_and_chart():
 
     at.toggle(key="speed_log_y").set_value(False).run()  # a rerun keeps the session's result
     assert len(at.metric) == 5 and len(at.get("plotly_chart")) == 6
+
+    # Runs of one path that disagree (as when something else used the machine) get a warning that says so.
+    result = at.session_state["kvviz_speed_result"]
+    assert not any(w.value.startswith("Runs disagree") for w in at.warning)
+    noisy = tuple(replace(p, runs=3, ms_per_token=Spread(3.0, 1.0, 9.0)) if p.path == "static" else p
+                  for p in result.paths)
+    at.session_state["kvviz_speed_result"] = replace(result, paths=noisy)
+    at.run()
+    assert not at.exception
+    assert [w.value for w in at.warning if w.value.startswith("Runs disagree")] == [
+        "Runs disagree: static's 3 runs 1.00–9.00 ms/token (9.0×). Something else used the machine during the "
+        "benchmark (on a small machine, a browser drawing the page counts too). The medians are shown; compare "
+        "paths with care, or run again on a quiet machine."]
 
 
 def test_a_rerun_during_a_benchmark_is_reported_as_a_stop():
