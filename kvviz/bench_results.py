@@ -426,11 +426,18 @@ class BenchResult:
         if measured is None and predicted is None:
             return None
         where = measured if measured is not None else "— (not within this run)"
-        return f"{path} beats naive at every step from position {where}" + (
-            f" (the naive fit predicts {predicted:.0f})" if predicted is not None else "")
+        if predicted is None:
+            fit_says = ""
+        elif predicted <= self.config.prompt_tokens:  # clamped: the fit has naive slower from the first token on
+            fit_says = " (the naive fit agrees: naive is slower from the first token)"
+        else:
+            fit_says = f" (the naive fit predicts {predicted:.0f})"
+        return f"{path} beats naive at every step from position {where}{fit_says}"
 
     def predicted_crossover_position(self, path: str) -> float | None:
-        """Where the naive step time from the fit (a + b·(2n − 1)) first exceeds the path's median ms per token."""
+        """Where the naive step time from the fit (a + b·(2n − 1)) first exceeds the path's median ms per token.
+
+        Clamped to ``prompt_tokens`` (the first new token) when the fit has naive slower from the very start."""
         fit, other = self.naive_fit(), self.path(path)
         if fit is None or other is None or not other.ok or other.ms_per_token is None or fit.b <= 0:
             return None

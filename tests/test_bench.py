@@ -455,3 +455,26 @@ def test_runs_that_disagree_are_flagged_and_steady_ones_are_not():
     sentence = result.noise_sentence()
     assert sentence.startswith("Runs disagree: kvviz's 3 runs 2.63–22.71 ms/token (8.6×).")
     assert "dynamic" not in sentence
+
+
+def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
+    """Naive cumulative time exactly a·n + b·n², so its n-th step costs a + b·(2n − 1); cached costs c per token."""
+    prompt, tokens, b = 10, 40, 0.05
+    n = np.arange(2, tokens + 1)
+
+    def result(a: float, c: float) -> BenchResult:
+        naive_ms = list(a + b * (2 * n - 1))
+        ids = tuple(range(tokens))
+        naive = _path("naive", ids, naive_ms, prompt, prefill=a + b)
+        cached = _path("kvviz", ids, [c] * (tokens - 1), prompt)
+        return _result((naive, cached), tokens, prompt)
+
+    # c = 3.02: the n-th naive step exceeds it from n = 26 (position prompt + n − 1 = 35); the fit's n* = 25.7.
+    late = result(a=0.5, c=3.02)
+    assert late.predicted_crossover_position("kvviz") == pytest.approx(prompt + 25.7 - 1)
+    assert late.crossover_sentence("kvviz") == "kvviz beats naive at every step from position 35 (the naive fit predicts 35)"
+    # Naive far slower from the start: the fit's solution lies before the first token and is clamped there.
+    early = result(a=50.0, c=3.02)
+    assert early.predicted_crossover_position("kvviz") == prompt
+    assert early.crossover_sentence("kvviz") == (
+        "kvviz beats naive at every step from position 11 (the naive fit agrees: naive is slower from the first token)")
