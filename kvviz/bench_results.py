@@ -426,10 +426,12 @@ class BenchResult:
         if measured is None and predicted is None:
             return None
         where = measured if measured is not None else "— (not within this run)"
+        first_step = self.config.prompt_tokens + 1  # the position of the first decode step
         if predicted is None:
             fit_says = ""
         elif predicted <= self.config.prompt_tokens:  # clamped: the fit has naive slower from the first token on
-            fit_says = " (the naive fit agrees: naive is slower from the first token)"
+            fit_says = (" (the naive fit agrees: naive is slower from the first token)" if measured == first_step
+                        else " (the naive fit has naive slower from the first token)")
         else:
             fit_says = f" (the naive fit predicts {predicted:.0f})"
         return f"{path} beats naive at every step from position {where}{fit_says}"

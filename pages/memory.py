@@ -77,7 +77,7 @@ if not focus.parameters:
                "parameters: the weights below are 0 and the fit covers the KV cache only, unless you give the "
                "count here.")
     given = st.number_input("Parameters (from the model card)", min_value=0, max_value=10**13, value=0, step=10**6,
-                            key="mem_parameters")
+                            key=f"mem_parameters_{focus.name}")  # a count typed for one model is not reused for the next
     if given:
         focus = replace(focus, parameters=int(given))
 

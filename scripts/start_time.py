@@ -24,6 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # run the commands from here, wherever the script was started
 
 CLI = [sys.executable, "-m", "kvviz", "step", "--model", "smollm2-135m", "--prompt", "The capital of France is",
        "--tokens", "1", "--device", "cpu"]
@@ -51,7 +54,7 @@ for (_, before), (name, after) in zip(marks, marks[1:]):
 
 def wall(command: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env={**os.environ, **(env or {})})
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT, env={**os.environ, **(env or {})})
     return time.perf_counter() - start
 
 
@@ -72,7 +75,8 @@ def main() -> int:
     print(f"import floor (torch + transformers' Llama code): {spread([wall(FLOOR) for _ in range(args.runs)])}")
     phases: dict[str, list[float]] = {}
     for _ in range(args.runs):
-        out = subprocess.run([sys.executable, "-c", PHASES], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([sys.executable, "-c", PHASES], check=True, capture_output=True, text=True,
+                             cwd=ROOT).stdout
         for line in out.splitlines():
             name, seconds = line.split("\t")
             phases.setdefault(name, []).append(float(seconds))

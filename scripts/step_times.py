@@ -46,7 +46,8 @@ def main() -> int:
         naive = NaiveStepper(loaded, capture_attention=False)
         naive.prefill(ids)  # untimed warm-up at this length
         forward = statistics.median(naive.prefill(ids).ms for _ in range(3))
-        print(f"| {step} (position {PROMPT_TOKENS + step - 1}) | {cached:.1f} | {forward:,.1f} |")
+        # Position as ``kvviz bench`` counts it: decode step n runs at position prompt + n (P + n tokens in context).
+        print(f"| {step} (position {PROMPT_TOKENS + step}) | {cached:.1f} | {forward:,.1f} |")
     return 0
 
 

@@ -478,3 +478,12 @@ def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
     assert early.predicted_crossover_position("kvviz") == prompt
     assert early.crossover_sentence("kvviz") == (
         "kvviz beats naive at every step from position 11 (the naive fit agrees: naive is slower from the first token)")
+    # The fit says "from the first token" but the measurement disagrees (one slow cached step late in the run):
+    # the sentence gives both without calling them in agreement.
+    late_slow = result(a=50.0, c=3.02)
+    slow_end = replace(late_slow.path("kvviz"), steps=replace(
+        late_slow.path("kvviz").steps, median_ms=(3.02,) * (tokens - 2) + (500.0,)))
+    disagreeing = _result((late_slow.path("naive"), slow_end), tokens, prompt)
+    assert disagreeing.crossover_sentence("kvviz") == (
+        "kvviz beats naive at every step from position — (not within this run) "
+        "(the naive fit has naive slower from the first token)")

@@ -136,6 +136,6 @@ def test_a_config_whose_parameters_cannot_be_counted_says_so_and_takes_the_count
     assert not at.exception
     assert any("could not count its parameters" in warning.value for warning in at.warning)
     assert {m.label: m.value for m in at.metric}["Weights (bf16)"] == "0 bytes"
-    at.number_input(key="mem_parameters").set_value(66_000_000).run()
+    at.number_input(key="mem_parameters_d").set_value(66_000_000).run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Weights (bf16)"] == "125.9 MiB"  # 66e6 × 2 bytes
