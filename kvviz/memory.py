@@ -150,19 +150,24 @@ class LayerGroup:
         return sum(precision.vector_bits(width) for width in self.vectors())
 
     def tokens_held(self, context: int, between_calls: bool = False) -> int:
-        """Tokens this layer keeps for a context of ``context`` tokens.
-
-        A sliding layer holds its window. ``between_calls`` counts as transformers' DynamicCache does between two
-        forward calls: it keeps ``window - 1`` tokens, because the next token completes the window.
-        """
-        if self.kind != "sliding" or self.window is None:
-            return context
-        return min(context, self.window - 1 if between_calls else self.window)
+        """Tokens this layer keeps for a context of ``context`` tokens (see ``window_tokens_held``)."""
+        return window_tokens_held(context, self.window if self.kind == "sliding" else None, between_calls)
 
     def without_sharing(self) -> LayerGroup:
         """The same layers with one K/V head per query head (no GQA/MQA, MLA expanded to per-head K and V)."""
         kind = "full" if self.kind == "latent" else self.kind
         return replace(self, kind=kind, kv_heads=self.query_heads, latent_dim=0, rope_dim=0)
+
+
+def window_tokens_held(context: int, window: int | None, between_calls: bool = False) -> int:
+    """Tokens a layer keeps for a context of ``context`` tokens; ``window`` None for full attention.
+
+    A sliding layer holds its window. ``between_calls`` counts as transformers' DynamicCache does between two
+    forward calls: it keeps ``window - 1`` tokens, because the next token completes the window.
+    """
+    if window is None:
+        return context
+    return min(context, window - 1 if between_calls else window)
 
 
 @dataclass(frozen=True)

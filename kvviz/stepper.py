@@ -48,6 +48,14 @@ class Sampling:
             raise InputError(f"top-p must be in (0, 1] (got {self.top_p}).")
 
 
+def new_tokens_room(context: int, prompt_tokens: int) -> int:
+    """How many new tokens a prompt of ``prompt_tokens`` leaves room for in a ``context``-position model.
+
+    N new tokens: the prefill chooses the first, N - 1 steps feed one each, so the cache ends at P + N - 1.
+    """
+    return context - prompt_tokens + 1
+
+
 def encode_prompt(loaded: LoadedModel, prompt: str, chat_template: bool = False) -> list[int]:
     """Token ids of ``prompt``, wrapped in the model's chat template when asked and available."""
     if not prompt or not prompt.strip():
@@ -130,8 +138,7 @@ class _BaseStepper:
             raise InputError("The prompt is empty: type a few words to start.")
         context = self.loaded.card.context_length
         new_tokens = self.max_new_tokens or 1
-        # N new tokens: the prefill chooses the first, N - 1 steps feed one each, so the cache ends at P + N - 1.
-        if len(ids) + new_tokens - 1 > context:
+        if new_tokens > new_tokens_room(context, len(ids)):
             raise InputError(
                 f"The prompt has {len(ids)} tokens; with {new_tokens} new tokens that exceeds the model's context of "
                 f"{context} tokens. Shorten the prompt or ask for fewer new tokens."

@@ -153,10 +153,13 @@ def attention_panel(trace: Trace) -> None:
     )
     if not widgets.attention_layers(trace.records[-1]):
         stopped_at = sessions.get_session().capture_stopped_at()
-        st.info(f"Attention capture stopped at {stopped_at:,} tokens: this tab then held "
-                f"{charts.format_bytes(trace.attention_bytes())} of attention rows, its limit of "
-                f"{sessions.ATTENTION_BUDGET_TEXT}. The cache and the timings go on; Reset to start a new trace with "
-                "attention." if stopped_at else "This trace was recorded without attention weights.")
+        if stopped_at:
+            st.info(f"Attention capture stopped at {stopped_at:,} tokens: this tab then held "
+                    f"{charts.format_bytes(trace.attention_bytes())} of attention rows, its limit of "
+                    f"{sessions.ATTENTION_BUDGET_TEXT}. The cache and the timings go on; Reset to start a new trace "
+                    "with attention.")
+        else:
+            st.info("This trace was recorded without attention weights.")
         return
     left, right = st.columns([3, 2], gap="medium")
     with left:

@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from transformers import MistralConfig
 
 from kvviz import attention_matrix as am
 from kvviz.charts import attention as charts
-from kvviz.models import ModelCard, load_random_model
+from kvviz.models import ModelCard
 from kvviz.records import StepRecord, Trace
 from kvviz.stepper import DEFAULT_PROMPT, Stepper
+from tiny_models import sliding_mistral
 
 PROMPT = "The cat sat on the mat. The cat"
 
@@ -130,10 +130,7 @@ def test_row_blocks_of_any_size_stack_to_the_same_matrix(tiny_llama):
 
 
 def test_sliding_window_rows_are_placed_at_their_absolute_positions():
-    config = MistralConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=6,
-                           max_position_embeddings=256)
-    loaded = load_random_model(config, "tiny-mistral-sliding")
+    loaded = sliding_mistral(window=6)
     trace = cached_trace(loaded, steps=10, prompt="abcdefgh")
     check = am.check_against_full_forward(trace, loaded)
     assert check.passed, check

@@ -149,12 +149,9 @@ def test_bad_settings_raise_one_sentence_input_errors(tiny_llama):
 
 def test_graphs_path_is_skipped_with_the_reason_for_a_sliding_window_model():
     """A sliding-window layer keeps its length on the host, which a captured graph would freeze: skip, never run."""
-    from transformers import MistralConfig
+    from tiny_models import sliding_mistral
 
-    config = MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=6,
-                           max_position_embeddings=64)
-    loaded = load_random_model(config, "tiny-mistral-sliding")
+    loaded = sliding_mistral(window=6, vocab_size=300, max_positions=64)
     result = run_benchmark(loaded, replace(SMALL, paths=("dynamic", "graphs")))
     graphs = result.path("graphs")
     assert not graphs.ok and "StaticSlidingWindowLayer" in graphs.reason

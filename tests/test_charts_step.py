@@ -218,15 +218,10 @@ def test_token_labels_make_whitespace_visible():
 
 def test_a_sliding_window_cache_sits_on_the_formula_line_after_the_window_fills():
     """Mistral-style layers with a window of 8 hold at most 7 tokens between calls: the line bends there."""
-    from transformers import MistralConfig
-
-    from kvviz.models import load_random_model
     from kvviz.stepper import Stepper
+    from tiny_models import sliding_mistral
 
-    config = MistralConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=8,
-                           max_position_embeddings=256)
-    stepper = Stepper(load_random_model(config, "tiny-mistral-sliding"))
+    stepper = Stepper(sliding_mistral(window=8))
     trace = Trace(model="tiny-mistral", device="cpu", dtype="float32")
     trace.append(stepper.prefill("abc"))
     for _ in range(12):

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from transformers import MistralConfig
 
 from kvviz.errors import InputError
 from kvviz.models import load_random_model, tiny_config
 from kvviz.stepper import CompareStepper, NaiveStepper, Sampling, Stepper
+from tiny_models import sliding_mistral
 
 PROMPT = "The quick brown fox jumps over"
 
@@ -38,10 +38,7 @@ def test_cached_and_naive_agree_for_48_greedy_steps(name, request):
 
 
 def test_sliding_window_model_caps_cache_and_still_matches_naive():
-    config = MistralConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=8,
-                           max_position_embeddings=256)
-    loaded = load_random_model(config, "tiny-mistral-sliding")
+    loaded = sliding_mistral(window=8)
     records = run_pair(loaded, 12, prompt="abcdef")
     assert [c.token_id for c, _ in records] == [n.token_id for _, n in records]
     last = records[-1][0]

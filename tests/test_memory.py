@@ -9,12 +9,13 @@ import sys
 
 import pytest
 import torch
-from transformers import DeepseekV3Config, Gemma3TextConfig, MistralConfig
+from transformers import DeepseekV3Config, Gemma3TextConfig
 
 from kvviz import memory as mem
 from kvviz.errors import InputError
 from kvviz.models import converted_smollm2_dir, load_random_model
 from kvviz.stepper import Stepper
+from tiny_models import sliding_mistral
 
 INT4 = mem.CACHE_PRECISIONS["int4"]
 INT8 = mem.CACHE_PRECISIONS["int8"]
@@ -235,10 +236,7 @@ def test_formula_equals_live_cache_bytes_for_tiny_models(name, request):
 
 
 def test_formula_equals_live_cache_past_a_sliding_window():
-    config = MistralConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=8,
-                           max_position_embeddings=256)
-    loaded = load_random_model(config, "tiny-mistral-sliding")
+    loaded = sliding_mistral(window=8)
     assert_stepwise_equal(loaded, list(range(65, 71)), steps=10)  # 6 → 16 tokens, crossing the window of 8
     check = mem.measure_live_cache(loaded, prompt_tokens=20, new_tokens=3)
     assert {layer.stored for layer in check.layers} == {7}  # window - 1 between calls

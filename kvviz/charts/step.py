@@ -26,6 +26,7 @@ import plotly.graph_objects as go
 from kvviz.charts.style import (
     CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, SEQUENTIAL, VALUES, base_layout, measured_on,
 )
+from kvviz.memory import window_tokens_held
 from kvviz.records import StepRecord, Trace
 
 # A heatmap wider than this many positions is unreadable on a laptop and slow to ship to the browser.
@@ -83,14 +84,12 @@ class CacheGeometry:
         return 2 * self.layers * self.kv_heads * self.head_dim * self.element_bytes
 
     def bytes_at(self, tokens: np.ndarray) -> np.ndarray:
-        """Cache bytes after a call that leaves ``tokens`` positions seen. A sliding layer holds at most
-        ``window - 1`` of them between calls, as transformers' DynamicCache keeps them (the next token completes
-        the window); the same rule ``kvviz.memory`` counts with."""
-        tokens = np.asarray(tokens, dtype=np.int64)
+        """Cache bytes after a call that leaves ``tokens`` positions seen, each layer holding what
+        ``kvviz.memory.window_tokens_held`` says (a sliding layer at most ``window - 1`` between calls)."""
         per_layer_token = 2 * self.kv_heads * self.head_dim * self.element_bytes
         windows = self.windows or (None,) * self.layers
-        held = sum(tokens if w is None else np.minimum(tokens, w - 1) for w in windows)
-        return held * per_layer_token
+        held = [sum(window_tokens_held(int(t), w, between_calls=True) for w in windows) for t in tokens]
+        return np.asarray(held, dtype=np.int64) * per_layer_token
 
     def breakpoints(self) -> tuple[int, ...]:
         """Token counts where a window fills and the line bends."""

@@ -20,7 +20,7 @@ from kvviz.charts import attention as charts
 from kvviz.charts.style import measured_on
 from kvviz.models import LoadedModel, ModelCard
 from kvviz.records import Trace
-from kvviz.stepper import Sampling, encode_prompt
+from kvviz.stepper import Sampling, encode_prompt, new_tokens_room
 from kvviz.ui.session import SessionTrace, prefill, step
 
 T = TypeVar("T")
@@ -97,7 +97,7 @@ def generate(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_te
     """
     # Room for "One more token" later, up to the page's cap, as far as the context allows; never less than asked
     # for, so that a prompt too long for ``new_tokens`` is refused with the numbers the user chose.
-    room = loaded.card.context_length - len(encode_prompt(loaded, prompt, chat_template)) + 1
+    room = new_tokens_room(loaded.card.context_length, len(encode_prompt(loaded, prompt, chat_template)))
     limit = max(new_tokens, min(PAGE_MAX_NEW_TOKENS, room))
     record = prefill(session, loaded, prompt, chat_template=chat_template, compare=False, sampling=Sampling(),
                      max_new_tokens=limit)
