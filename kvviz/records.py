@@ -41,7 +41,7 @@ class StepRecord:
     sequence_length: int  # tokens in the context after this call, before the chosen token is fed
     cache_layers: tuple[LayerCacheStat, ...]  # empty for the naive path: it keeps no cache
     cache_bytes: int
-    ms: float  # device-synchronised time of the forward pass and the token choice
+    ms: float  # device-synchronised time of the forward pass and the token choice (capture not included)
     tokens_processed: int
     flops: float
     attention: tuple[np.ndarray, ...] | None = None  # per layer (q_heads, q_len, kv_len) float16, or None
@@ -50,6 +50,9 @@ class StepRecord:
     naive_tokens_processed: int | None = None
     max_logit_diff: float | None = None
     same_token: bool | None = None
+    # Device-synchronised time spent after the step turning what it attended with into attention weights and
+    # copying them and the K/V rows to the CPU for the charts; None when nothing was recorded.
+    capture_ms: float | None = None
 
     @property
     def cache_len(self) -> int:
@@ -68,6 +71,7 @@ class StepRecord:
             "ms_cached": round(self.ms, 3) if self.path == "cached" else None,
             "ms_naive": round(self.ms_naive, 3) if self.ms_naive is not None else
             (round(self.ms, 3) if self.path == "naive" else None),
+            "capture_ms": round(self.capture_ms, 3) if self.capture_ms is not None else None,
             "tokens_processed": self.tokens_processed,
             "flops": self.flops,
             "max_logit_diff": self.max_logit_diff,

@@ -13,6 +13,7 @@ import streamlit as st
 
 from kvviz.charts import step as charts
 from kvviz.errors import KvvizError
+from kvviz.explain import explanation
 from kvviz.models import REGISTRY, LoadedModel
 from kvviz.records import Trace
 from kvviz.stepper import DEFAULT_PROMPT, Sampling
@@ -45,8 +46,9 @@ def read_settings(loaded: LoadedModel | None) -> dict:
 
 st.title("Step through the KV cache")
 st.caption(
-    "A real language model runs here, on this server. **Prefill** feeds your prompt; every **Next token** feeds one "
-    "token and keeps its keys and values in the cache, so the model never has to read the past again."
+    "A real language model runs here, on this server. **Prefill** feeds your prompt and stores every layer's keys "
+    "and values in the cache; each **Next token** feeds only the newest token, computes its keys and values once, "
+    "and reads all the earlier ones back from the cache instead of recomputing them."
 )
 
 # ----- sidebar: model, prompt, sampling -----------------------------------------------------------------------------
@@ -170,25 +172,49 @@ def attention_panel(trace: Trace) -> None:
 
 def cost_panel(trace: Trace) -> None:
     st.caption(
-        f"Wall-clock milliseconds on {trace.device} in {trace.dtype}, one token at a time. With the cache a step "
-        "feeds one token and its time stays nearly flat; the naive path re-reads the whole sequence every step, so "
-        "its time grows with it. Over a short context the two are close on a CPU; the gap opens as it grows. "
-        "The cached path here also records attention weights and K/V rows for these charts, which costs it a "
-        "few milliseconds per step. The two paths take turns running first, because a browser drawing the last "
-        "token on the same CPU slows whichever runs first; the Speed page measures without that noise."
+        f"Wall-clock milliseconds on {trace.device} in {trace.dtype}, device-synchronised, one model call per step. "
+        "**Cached**: the call feeds the newest token and reads every cached key and value. **Naive**: the call "
+        "feeds the whole sequence with no cache, so it recomputes every token's keys, values and activations; it "
+        "reads nothing back. Both calls run the same attention code (PyTorch's scaled-dot-product attention) and "
+        "include choosing the token. Recording the attention weights and K/V rows for these charts happens after "
+        "the cached call and is timed apart (dotted line); drawing is in neither. The two paths take turns running "
+        "first, because a browser drawing the last token on the same CPU slows whichever runs first; the Speed "
+        "page measures without that noise."
     )
     timing = charts.timing_summary(trace)
     if timing is not None:
         with st.container(horizontal=True):
             naive_ttft = f" · naive {timing.prefill_naive_ms:,.0f} ms" if timing.prefill_naive_ms is not None else ""
             st.metric("Time to first token (prefill)", f"{timing.prefill_ms:,.0f} ms", border=True,
-                      help=f"The prefill processes all {trace.prompt_tokens} prompt tokens at once{naive_ttft}.")
+                      help=f"The prefill processes all {trace.prompt_tokens} prompt tokens in one call{naive_ttft}.")
             st.metric("Decode time, cached", f"{timing.cached_decode_ms / 1000:,.2f} s", border=True,
-                      help=f"{timing.decode_steps} steps after the first token")
+                      help=f"{timing.decode_steps} steps after the first token; the recording for the charts is "
+                           "not included")
             if timing.naive_decode_ms is not None:
                 speedup = f"{timing.speedup:,.1f}× the cached time" if timing.speedup else None
                 st.metric("Decode time, naive", f"{timing.naive_decode_ms / 1000:,.2f} s", delta=speedup,
-                          delta_color="off", delta_arrow="off", border=True)
+                          delta_color="off", delta_arrow="off", border=True,
+                          help="The same decode steps without a cache: total over all steps so far, prefill "
+                               "excluded, divided by the cached total.")
+            if timing.capture_ms is not None:
+                st.metric("Recording for the charts", f"{timing.capture_ms / 1000:,.2f} s", border=True,
+                          help="Attention weights (computed in float32 after each cached call) and K/V rows copied "
+                               "to the CPU; timed apart and not counted in either path.")
+        if timing.decode_steps and trace.prompt_tokens > 1:
+            st.caption(f"The prefill pushed {trace.prompt_tokens} tokens through the model in {timing.prefill_ms:,.0f} "
+                       f"ms, {timing.prefill_ms / trace.prompt_tokens:,.1f} ms per token; the latest decode step "
+                       f"took {timing.latest_ms:,.1f} ms for one token. A prefill uses each weight it reads for "
+                       "every prompt token (compute-bound); a decode step reads every weight and the whole cache for "
+                       "one token (memory-bound).")
+        if timing.latest_ratio is not None:
+            st.caption(f"At the latest step ({timing.latest_context:,} tokens in the context) the naive call took "
+                       f"{timing.latest_ratio:,.1f}× as long as the cached one. On the cached path the projections "
+                       "and the MLP cost the same every step, while attention's arithmetic and the K/V bytes it "
+                       "reads grow with the context; the naive path redoes all of it for every token, every step.")
+    stopped_at = sessions.get_session().capture_stopped_at()
+    if stopped_at:
+        st.caption(f"Attention capture stopped at {stopped_at:,} tokens (its memory limit): the dotted recording line "
+                   "ends there. The cached line does not change, because it never included the recording.")
     widgets.show_figure(charts.work_figure(trace), "work")
     left, right = st.columns(2, gap="medium")
     with left:
@@ -287,27 +313,8 @@ if loaded is None:
 else:
     stepping_area(loaded, settings)
 
-with st.expander("What is cached, and why does it help?"):
-    st.markdown(
-        """
-**What is cached.** In every layer, each token is turned into a query (Q), a key (K) and a value (V). The new
-token's query is compared with the keys of all earlier tokens, and the resulting weights mix their values. A
-token's K and V never change once computed (a token cannot see the future), so the model keeps them: that store
-is the KV cache. Queries are not cached, because only the newest token's query is ever needed again.
-
-**Why the cost per token stays flat.** Without a cache, producing token *T+1* means running all *T* tokens through
-every layer again, so each step costs more than the last and a whole answer costs about *T²*. With the cache, a
-step runs one token through the layers and only *reads* the stored keys and values. The reading still grows with
-*T*, but for short and medium contexts the fixed work of the weight matrices dominates, and the step time stays
-almost flat.
-
-**Why memory grows linearly.** Every token adds one K and one V vector per KV head in every layer:
-2 · layers · KV heads · head dim · bytes per number. For SmolLM2-135M in float32 that is
-2 · 30 · 3 · 64 · 4 B = 46,080 B, about 45 KiB per token, so 1,000 tokens hold 44 MiB. Grouped-query attention
-(several query heads sharing one KV head) is one of the ways models keep this number down.
-
-**How to read the match badge.** The naive path recomputes everything from scratch. If both paths choose the
-same token and their logits differ only by rounding (|Δlogit| around 10⁻⁵ in float32), the cache changed the cost,
-not the answer.
-"""
-    )
+with st.expander("What is cached, what is not, and what it costs"):
+    if loaded is None:
+        st.markdown("Load a model to see these explanations with its own numbers.")
+    else:
+        st.markdown(explanation("what_is_cached", loaded))

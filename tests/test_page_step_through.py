@@ -264,3 +264,25 @@ def test_a_one_layer_model_from_a_folder_steps_and_draws_without_a_layer_slider(
     assert len(session(at).trace.records[-1].cache_layers) == 1
     assert "Layer 0, the model's only layer." in texts(at.caption)
     assert not any(slider.label == "Layer" for slider in at.slider)
+
+
+def test_cost_panel_times_the_recording_apart_from_both_paths(monkeypatch):
+    from kvviz.ui import session as sessions
+
+    at = click(click(open_page(panel="Cost per step"), "prefill"), "next")
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert {"Decode time, cached", "Decode time, naive", "Recording for the charts"} <= set(metrics)
+    latency = chart_spec(at, "How long does each new token take?")
+    assert [trace["name"] for trace in latency["data"]] == [
+        "naive recompute", "cached", "recording for the charts (not in cached)"]
+    from kvviz.charts.step import latency_figure
+
+    trace = session(at).trace
+    figure = latency_figure(trace)  # the builder the page drew with: its y values are the records' own
+    assert list(figure.data[1].y) == [trace.records[-1].ms] and list(figure.data[2].y) == [trace.records[-1].capture_ms]
+    assert any("the naive call took" in text for text in texts(at.caption))
+    # Past the attention budget the recording line ends; the page says why the cached line does not move.
+    monkeypatch.setattr(sessions, "ATTENTION_BUDGET_BYTES", session(at).trace.attention_bytes() + 1)
+    click(click(at, "next"), "next")
+    assert any(text.startswith("Attention capture stopped at") and "never included the recording" in text
+               for text in texts(at.caption))

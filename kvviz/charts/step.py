@@ -24,7 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from kvviz.charts.style import (
-    CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, SEQUENTIAL, VALUES, base_layout, measured_on,
+    CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, OVERHEAD, SEQUENTIAL, VALUES, base_layout, measured_on,
 )
 from kvviz.memory import window_tokens_held
 from kvviz.records import StepRecord, Trace
@@ -487,6 +487,17 @@ def latency_figure(trace: Trace) -> go.Figure:
         "name": "cached", "customdata": context, "line": {"color": CACHED, "width": 2},
         "hovertemplate": "step %{x} · %{customdata} tokens<br>%{y:.1f} ms<extra>cached</extra>",
     })
+    captured = [r for r in steps if r.capture_ms is not None]
+    if captured:
+        # Drawn apart: the recording for these charts runs after the cached step and is not part of its time.
+        spec.data.append({
+            "type": "scatter", "x": np.array([r.index for r in captured]),
+            "y": np.array([r.capture_ms for r in captured]), "mode": _mode(len(captured)),
+            "name": "recording for the charts (not in cached)",
+            "customdata": np.array([r.sequence_length for r in captured]),
+            "line": {"color": OVERHEAD, "width": 1.5, "dash": "dot"},
+            "hovertemplate": "step %{x} · %{customdata} tokens<br>%{y:.1f} ms<extra>recording</extra>",
+        })
     spec.axis("yaxis", rangemode="tozero")
     spec.step_axis(len(steps))
     return spec.figure()
@@ -527,6 +538,15 @@ class TimingSummary:
     naive_decode_ms: float | None
     latest_ms: float
     latest_naive_ms: float | None
+    capture_ms: float | None = None  # recording for the charts over the decode steps, timed apart from both paths
+    latest_context: int = 0  # tokens in the context at the latest step
+
+    @property
+    def latest_ratio(self) -> float | None:
+        """How many times longer the naive path took than the cached one at the latest step (same position)."""
+        if self.latest_naive_ms is None or self.latest_ms <= 0:
+            return None
+        return self.latest_naive_ms / self.latest_ms
 
     @property
     def speedup(self) -> float | None:
@@ -549,6 +569,9 @@ def timing_summary(trace: Trace) -> TimingSummary | None:
         cached_decode_ms=float(sum(r.ms for r in steps)),
         naive_decode_ms=float(sum(r.ms_naive for r in steps)) if compared and prefill.ms_naive is not None else None,
         latest_ms=last.ms, latest_naive_ms=last.ms_naive,
+        capture_ms=float(sum(captured)) if (captured := [r.capture_ms for r in steps if r.capture_ms is not None])
+        else None,
+        latest_context=last.sequence_length,
     )
 
 
