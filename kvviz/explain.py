@@ -76,6 +76,11 @@ def uses_rotary_positions(config: Any) -> bool:
     return any(getattr(text, name, None) is not None for name in ("rope_parameters", "rope_theta", "rope_scaling"))
 
 
+def text(name: str) -> str:
+    """The Markdown of ``kvviz/text/<name>.md`` as written (for texts that quote no model's numbers)."""
+    return (TEXT_DIR / f"{name}.md").read_text(encoding="utf-8")
+
+
 def explanation(name: str, loaded: LoadedModel) -> str:
     """The Markdown of ``kvviz/text/<name>.md`` with its placeholders filled from ``loaded``.
 
@@ -86,7 +91,7 @@ def explanation(name: str, loaded: LoadedModel) -> str:
     applies = {"[rope] ": numbers.rotary, "[no-rope] ": not numbers.rotary,
                "[gqa] ": numbers.group_size > 1, "[mha] ": numbers.group_size == 1}
     kept = []
-    for paragraph in (TEXT_DIR / f"{name}.md").read_text(encoding="utf-8").split("\n\n"):
+    for paragraph in text(name).split("\n\n"):
         marker = next((m for m in applies if paragraph.startswith(m)), None)
         if marker is not None:
             paragraph = paragraph.removeprefix(marker) if applies[marker] else ""

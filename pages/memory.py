@@ -163,6 +163,9 @@ with st.expander("How these numbers are computed"):
         hide_index=True,
     )
 
+with st.expander("What each cache design gives up"):
+    st.markdown(explain.text("cache_designs"))
+
 # ----- the formula against a live cache ---------------------------------------------------------------------------
 st.header("Is the formula right? Ask a running model")
 st.caption("The same formula, applied to a model kvviz actually runs, next to the bytes of the key and value "
