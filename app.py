@@ -7,8 +7,7 @@ once; a deep link as the first request, or a click in the first seconds after a 
 
 import streamlit as st
 
-# Imported once here, before any page runs: two sessions importing transformers at once can race.
-import kvviz.attention  # noqa: F401
+from kvviz.ui.engine_import import import_engine
 
 st.set_page_config(page_title="kvviz — see the KV cache", page_icon="🔑", layout="wide")
 page = st.navigation(
@@ -19,4 +18,8 @@ page = st.navigation(
         st.Page("app_pages/speed.py", title="Speed", icon=":material/speed:"),
     ]
 )
+# Before any page runs: two sessions importing transformers at once can break it (see engine_import.py). The
+# spinner shows only on the first run after a start; later runs return within its half-second delay.
+with st.spinner("Starting: importing PyTorch and transformers…"):
+    import_engine()
 page.run()
