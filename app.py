@@ -1,16 +1,25 @@
-"""kvviz: page configuration and navigation; each page lives in pages/."""
+"""kvviz: page configuration and navigation; each page lives in app_pages/.
+
+The folder is not named ``pages``: with a folder of that name beside the main script, Streamlit serves its older
+folder-based navigation, and runs page files without this script, until this script has called ``st.navigation``
+once; a deep link as the first request, or a click in the first seconds after a start, would get that instead.
+"""
 
 import streamlit as st
 
-# Imported once here, before any page runs: two sessions importing transformers at once can race.
-import kvviz.attention  # noqa: F401
+from kvviz.ui.engine_import import import_engine
 
 st.set_page_config(page_title="kvviz — see the KV cache", page_icon="🔑", layout="wide")
-st.navigation(
+page = st.navigation(
     [
-        st.Page("pages/step_through.py", title="Step through", icon="▶️", default=True),
-        st.Page("pages/memory.py", title="Memory", icon="🧮"),
-        st.Page("pages/attention.py", title="Attention", icon=":material/grid_on:"),
-        st.Page("pages/speed.py", title="Speed", icon=":material/speed:"),
+        st.Page("app_pages/step_through.py", title="Step through", icon="▶️", default=True),
+        st.Page("app_pages/memory.py", title="Memory", icon="🧮"),
+        st.Page("app_pages/attention.py", title="Attention", icon=":material/grid_on:"),
+        st.Page("app_pages/speed.py", title="Speed", icon=":material/speed:"),
     ]
-).run()
+)
+# Before any page runs: two sessions importing transformers at once can break it (see engine_import.py). The
+# spinner shows only on the first run after a start; later runs return within its half-second delay.
+with st.spinner("Starting: importing PyTorch and transformers…"):
+    import_engine()
+page.run()

@@ -1,6 +1,9 @@
-"""Shared fixtures: models are loaded once per test session (the tiny ones are instant; SmolLM2 is ~2 s cached)."""
+"""Shared fixtures: models are loaded once per test session (the tiny ones are instant; SmolLM2 is ~2 s cached);
+the browser check of the browser tests."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -21,3 +24,24 @@ def tiny_gpt2() -> LoadedModel:
 def smollm2() -> LoadedModel:
     """The real default model, from its GGUF package (converted once into the kvviz cache folder)."""
     return load_model("smollm2-135m", device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def require_browser() -> None:
+    """Skip the test without Chromium or Playwright, with the reason; with ``KVVIZ_REQUIRE_BROWSER=1`` (``make test``
+    sets it) fail it instead."""
+    from app_driver import CHROMIUM
+
+    reason = None
+    if not CHROMIUM.exists():
+        reason = f"no Chromium at {CHROMIUM} (run `make browser`)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "Python Playwright is not installed (pip install -r requirements-dev.txt)"
+    if reason is None:
+        return
+    if os.environ.get("KVVIZ_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"KVVIZ_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)

@@ -7,33 +7,14 @@ The screenshot it takes goes to pytest's temporary folder; ``scripts/screenshot.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from app_driver import CHROMIUM, STEP_TIMEOUT_MS, StepPage, launch_chromium, running_app
+from app_driver import STEP_TIMEOUT_MS, StepPage, launch_chromium, running_app
 
 pytestmark = pytest.mark.browser
 
 
-def _require_browser() -> None:
-    reason = None
-    if not CHROMIUM.exists():
-        reason = f"no Chromium at {CHROMIUM} (run `make browser`)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            reason = "Python Playwright is not installed (pip install -r requirements-dev.txt)"
-    if reason is None:
-        return
-    if os.environ.get("KVVIZ_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"KVVIZ_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
-def test_step_through_in_a_real_browser(tmp_path):
-    _require_browser()
+def test_step_through_in_a_real_browser(tmp_path, require_browser):
     from playwright.sync_api import expect, sync_playwright
 
     log = tmp_path / "streamlit.log"  # the server's output, for reading when this test fails
@@ -90,10 +71,9 @@ def test_step_through_in_a_real_browser(tmp_path):
             browser.close()
 
 
-def test_speed_page_stop_ends_a_running_benchmark_in_a_real_browser(tmp_path):
+def test_speed_page_stop_ends_a_running_benchmark_in_a_real_browser(tmp_path, require_browser):
     """Stop interrupts a benchmark that is really running, the page keeps the runs that finished, and the
     server's one-benchmark-at-a-time lock is free again afterwards."""
-    _require_browser()
     from playwright.sync_api import expect, sync_playwright
 
     log = tmp_path / "streamlit.log"

@@ -15,7 +15,7 @@ from kvviz.records import Trace
 from kvviz.stepper import Sampling, Stepper
 from kvviz.ui.session import SessionTrace
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "attention.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "attention.py")
 SESSION_KEY = "kvviz_session"
 
 

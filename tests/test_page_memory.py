@@ -13,7 +13,7 @@ from kvviz.stepper import Stepper
 from kvviz.ui.session import SessionTrace
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = "pages/memory.py"
+PAGE = "app_pages/memory.py"
 
 
 def page() -> AppTest:

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from kvviz.bench_results import Spread
 
-PAGE = str(Path(__file__).parent.parent / "pages" / "speed.py")
+PAGE = str(Path(__file__).parent.parent / "app_pages" / "speed.py")
 
 
 def _page() -> AppTest:
