@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import streamlit as st
 
+from kvviz import explain
 from kvviz import memory as mem
 from kvviz.charts import memory as charts
 from kvviz.errors import KvvizError

@@ -139,3 +139,14 @@ def test_a_config_whose_parameters_cannot_be_counted_says_so_and_takes_the_count
     at.number_input(key="mem_parameters_d").set_value(66_000_000).run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Weights (bf16)"] == "125.9 MiB"  # 66e6 × 2 bytes
+
+
+def test_the_cache_designs_expander_says_what_each_design_gives_up():
+    at = page()
+    at.run()
+    assert not at.exception, at.exception
+    expanders = [e for e in at.expander if e.label == "What each cache design gives up"]
+    assert len(expanders) == 1
+    body = " ".join(m.value for m in expanders[0].markdown)
+    for phrase in ("weight absorption", "decoupled RoPE key", "attention sinks", "block table", "one copy shared"):
+        assert phrase in body, phrase
