@@ -7,7 +7,9 @@ from kvviz.charts import speed as charts
 from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.ui.resources import get_model
-from kvviz.ui.speed import last_result, last_status, load_result, mark_stopped, run_with_progress
+from kvviz.ui.speed import (
+    last_result, last_status, load_result, load_shipped_gpu_result, mark_stopped, run_with_progress,
+)
 
 st.title("Speed — what does the KV cache buy?")
 st.caption(
@@ -41,6 +43,9 @@ with st.expander("Load a saved result (JSON from `python -m kvviz bench --json F
             load_result(upload.getvalue())
         except KvvizError as error:
             st.error(str(error))
+    if st.button("Show the H200 result shipped with kvviz", key="speed_show_gpu",
+                 help="SmolLM2-135M in bfloat16 on one NVIDIA H200, 1,000 tokens on every path (scripts/gpu_ladder.sh)."):
+        load_shipped_gpu_result()
 
 if run_clicked:
     config = BenchConfig(tokens=tokens, prompt_tokens=prompt_tokens, paths=tuple(paths), repeats=repeats,

@@ -81,3 +81,13 @@ def test_settings_beyond_the_context_show_one_error_and_no_stale_run():
     assert not at.get("progress")
     at.run()  # the next rerun must not mistake the refused run for a stopped one
     assert not any(warning.value.startswith("Stopped.") for warning in at.warning)
+
+
+def test_the_shipped_gpu_result_draws_every_path_without_running_a_model():
+    at = _page().run()
+    at.button(key="speed_show_gpu").click().run()
+    assert not at.exception, at.exception
+    assert any("NVIDIA H200" in markdown.value for markdown in at.markdown)
+    labels = [metric.label for metric in at.metric]
+    assert any(label.startswith("graphs") for label in labels), labels
+    assert len(at.get("plotly_chart")) >= 1 and not at.error
