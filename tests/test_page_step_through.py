@@ -274,7 +274,7 @@ def test_cost_panel_times_the_recording_apart_from_both_paths(monkeypatch):
     assert {"Decode time, cached", "Decode time, naive", "Recording for the charts"} <= set(metrics)
     latency = chart_spec(at, "How long does each new token take?")
     assert [trace["name"] for trace in latency["data"]] == [
-        "naive recompute", "cached", "recording for the charts (not in cached)"]
+        "naive recompute", "cached", "recording (apart)"]
     from kvviz.charts.step import latency_figure
 
     trace = session(at).trace

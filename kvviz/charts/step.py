@@ -493,10 +493,11 @@ def latency_figure(trace: Trace) -> go.Figure:
         spec.data.append({
             "type": "scatter", "x": np.array([r.index for r in captured]),
             "y": np.array([r.capture_ms for r in captured]), "mode": _mode(len(captured)),
-            "name": "recording for the charts (not in cached)",
+            "name": "recording (apart)",
             "customdata": np.array([r.sequence_length for r in captured]),
             "line": {"color": OVERHEAD, "width": 1.5, "dash": "dot"},
-            "hovertemplate": "step %{x} · %{customdata} tokens<br>%{y:.1f} ms<extra>recording</extra>",
+            "hovertemplate": "step %{x} · %{customdata} tokens<br>%{y:.1f} ms recording for the charts, "
+                             "not in either path<extra>recording</extra>",
         })
     spec.axis("yaxis", rangemode="tozero")
     spec.step_axis(len(steps))
