@@ -50,7 +50,8 @@ from kvviz.bench_results import (
 from kvviz.costs import forward_flops
 from kvviz.errors import InputError
 from kvviz.models import LoadedModel
-from kvviz.roofline import device_name, device_peak, kv_bytes_per_position, step_bytes, weight_bytes_read
+from kvviz.memory import ModelSpec, Precision, precision_of_torch_dtype
+from kvviz.roofline import device_name, device_peak, step_bytes, weight_bytes_read
 from kvviz.stepper import NaiveStepper, Sampling, Stepper
 from kvviz.timing import DeviceTimer, synchronize
 
@@ -514,7 +515,8 @@ def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel, pat
     """Per-step medians and bands, with each step's FLOPs and the bytes it must move on this path.
 
     Bytes differ by path: naive keeps no cache (keys and values are recomputed, never read back), the static paths
-    attend over their whole preallocated buffer (masked, but read), the dynamic ones over the positions held.
+    attend over their whole preallocated buffer (masked, but read), the dynamic ones over the positions held;
+    on every path a sliding layer reads at most its window.
     """
     if not runs[0].step_ms:
         return StepSeries()
@@ -525,26 +527,28 @@ def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel, pat
     vocab = int(text.vocab_size)
     hidden = int(getattr(text, "hidden_size", None) or text.n_embd)
     weights = weight_bytes_read(loaded.model)
-    per_position = kv_bytes_per_position(loaded.card, loaded.dtype)
+    precision = precision_of_torch_dtype(loaded.dtype_name)
     return StepSeries(
         position=tuple(positions),
         median_ms=tuple(float(v) for v in np.median(times, axis=0)),
         low_ms=tuple(float(v) for v in times.min(axis=0)),
         high_ms=tuple(float(v) for v in times.max(axis=0)),
         tokens_processed=tuple(processed),
-        flops=tuple(forward_flops(loaded.card, vocab, hidden, n, p) for n, p in zip(processed, positions)),
-        bytes_moved=tuple(_path_step_bytes(path, weights, per_position, p, n, config, loaded)
+        flops=tuple(forward_flops(loaded, vocab, hidden, n, p) for n, p in zip(processed, positions)),
+        bytes_moved=tuple(_path_step_bytes(path, weights, loaded.spec, precision, p, n, config)
                           for n, p in zip(processed, positions)),
     )
 
 
-def _path_step_bytes(path: str, weights: int, per_position: int, position: int, new_tokens: int, config: BenchConfig,
-                     loaded: LoadedModel) -> float:
+def _path_step_bytes(path: str, weights: int, spec: ModelSpec, precision: Precision, position: int,
+                     new_tokens: int, config: BenchConfig) -> float:
     if path == "naive":
-        return step_bytes(weights, 0, position, new_tokens)
+        return step_bytes(weights, None, precision, position, new_tokens)
     if path in ("static", "graphs"):
-        return step_bytes(weights, per_position, config.prompt_tokens + config.tokens, new_tokens)
-    return step_bytes(weights, per_position, position, new_tokens, loaded.card.sliding_window)
+        # A static layer is preallocated for the whole run, or for its window when it slides (transformers'
+        # StaticSlidingWindowLayer), and attention reads all of it: the window cap applies as for any layer.
+        return step_bytes(weights, spec, precision, config.prompt_tokens + config.tokens, new_tokens)
+    return step_bytes(weights, spec, precision, position, new_tokens)
 
 
 # ----- command line ---------------------------------------------------------------------------------------------

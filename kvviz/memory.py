@@ -149,9 +149,14 @@ class LayerGroup:
         """Per layer per token, metadata of quantised formats included."""
         return sum(precision.vector_bits(width) for width in self.vectors())
 
+    @property
+    def attended_window(self) -> int | None:
+        """The window this layer's queries and cache are capped at; None when it keeps every token."""
+        return self.window if self.kind == "sliding" else None
+
     def tokens_held(self, context: int, between_calls: bool = False) -> int:
         """Tokens this layer keeps for a context of ``context`` tokens (see ``window_tokens_held``)."""
-        return window_tokens_held(context, self.window if self.kind == "sliding" else None, between_calls)
+        return window_tokens_held(context, self.attended_window, between_calls)
 
     def without_sharing(self) -> LayerGroup:
         """The same layers with one K/V head per query head (no GQA/MQA, MLA expanded to per-head K and V)."""
@@ -168,6 +173,23 @@ def window_tokens_held(context: int, window: int | None, between_calls: bool = F
     if window is None:
         return context
     return min(context, window - 1 if between_calls else window)
+
+
+def group_layers(per_layer: Iterable[LayerGroup]) -> tuple[tuple[LayerGroup, ...], tuple[int, ...]]:
+    """Layers in order, each a one-layer ``LayerGroup``, gathered into groups of equal layers, and the layout
+    (for each layer, the index of its group) that ``ModelSpec`` keeps."""
+    groups: list[LayerGroup] = []
+    layout: list[int] = []
+    for group in per_layer:
+        for index, existing in enumerate(groups):
+            if replace(existing, layers=1) == group:
+                groups[index] = replace(existing, layers=existing.layers + 1)
+                layout.append(index)
+                break
+        else:
+            layout.append(len(groups))
+            groups.append(group)
+    return tuple(groups), tuple(layout)
 
 
 @dataclass(frozen=True)
@@ -239,6 +261,18 @@ class ModelSpec:
         return any(g.kind == "latent" or g.kv_heads < g.query_heads for g in self.groups)
 
 
+def spec_from_windows(windows: Iterable[int | None], query_heads: int, kv_heads: int, head_dim: int, *, key: str,
+                      name: str, source: str, architecture: str = "", parameters: int = 0,
+                      max_context: int = 0) -> ModelSpec:
+    """A spec of layers that differ only in their window, in order (None: a full-attention layer)."""
+    groups, layout = group_layers(
+        LayerGroup("sliding" if window else "full", 1, query_heads, kv_heads, head_dim, head_dim, window or None)
+        for window in windows
+    )
+    return ModelSpec(key=key, name=name, source=source, architecture=architecture, parameters=parameters,
+                     max_context=max_context, groups=groups, layout=layout)
+
+
 # ----- the formulas ---------------------------------------------------------------------------------------------
 
 def kv_bytes_per_token(spec: ModelSpec, precision: Precision = BF16) -> int:
@@ -260,6 +294,29 @@ def layer_cache_bytes(group: LayerGroup, context: int, batch: int, precision: Pr
                       between_calls: bool = False) -> int:
     """One layer's K/V bytes (what ``LayerCacheStat.bytes`` reports for that layer)."""
     return batch * math.ceil(group.tokens_held(context, between_calls) * group.bits_per_token(precision) / 8)
+
+
+def attention_pairs(context: int, new_tokens: int, window: int | None = None) -> int:
+    """(query, key) pairs of one layer in a call of ``new_tokens`` queries, the last of ``context`` positions.
+
+    Each query sees itself and the keys before it, at most ``window`` of them (None: every one). Query ``q``
+    (1-based position) sees ``min(q, window)`` keys; the queries run from ``context - new_tokens + 1`` to ``context``.
+    """
+    first = context - new_tokens + 1
+    uncapped = new_tokens if window is None else max(0, min(context, window) - first + 1)
+    # Queries up to the window see q keys each (an arithmetic series); the rest see the whole window.
+    pairs = uncapped * (2 * first + uncapped - 1) // 2
+    return pairs + (new_tokens - uncapped) * (window or 0)
+
+
+def attention_flops(spec: ModelSpec, new_tokens: int, context: int) -> float:
+    """FLOPs of the attention itself, layer by layer: per (query, key) pair and query head, 2·head_dim for QKᵀ and
+    2·value_dim for the weighted sum of V (4·q_heads·head_dim per pair when keys and values are equally wide)."""
+    return float(sum(
+        group.layers * 2 * group.query_heads * (group.head_dim + group.value_dim)
+        * attention_pairs(context, new_tokens, group.attended_window)
+        for group in spec.groups
+    ))
 
 
 def weights_bytes(parameters: int, precision: Precision = BF16) -> int:
@@ -588,8 +645,7 @@ def spec_from_config(config: Any, key: str, name: str, source: str, parameters: 
     # The same call DynamicCache makes to decide which layers slide, so the formula follows the live cache.
     layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
     latent = getattr(text, "kv_lora_rank", None)
-    groups: list[LayerGroup] = []
-    layout: list[int] = []
+    per_layer: list[LayerGroup] = []
     for layer_type, kwargs in zip(layer_types, layer_kwargs):
         if layer_type == "dummy":
             raise InputError("This config shares KV caches between layers or has attention-free layers, "
@@ -607,20 +663,31 @@ def spec_from_config(config: Any, key: str, name: str, source: str, parameters: 
         else:
             group = LayerGroup(_CACHE_KINDS[layer_type], 1, card.query_heads, card.kv_heads, card.head_dim,
                                card.head_dim, int(window) if window else None)
-        for index, existing in enumerate(groups):
-            if replace(existing, layers=1) == group:
-                groups[index] = replace(existing, layers=existing.layers + 1)
-                layout.append(index)
-                break
-        else:
-            layout.append(len(groups))
-            groups.append(group)
-    if not groups:
+        per_layer.append(group)
+    if not per_layer:
         raise InputError("This config has no layers to size.")
     if parameters is None:
         parameters = count_parameters(config) or 0
+    groups, layout = group_layers(per_layer)
     return ModelSpec(key=key, name=name, source=source, architecture=card.architecture, parameters=parameters,
-                     max_context=card.context_length, groups=tuple(groups), layout=tuple(layout), note=note)
+                     max_context=card.context_length, groups=groups, layout=layout, note=note)
+
+
+def spec_of_loaded(loaded: Any) -> ModelSpec:
+    """The spec of a loaded model, read from its config layer by layer as the live cache lays itself out.
+
+    A config whose layers this module cannot size (attention-free or shared-cache layers) falls back to the model
+    card's geometry, every layer alike, so that stepping and benchmarking such a model still report figures.
+    """
+    card = loaded.card
+    try:
+        return spec_from_config(loaded.model.config, key=loaded.key, name=card.name, source=card.source,
+                                parameters=card.parameters)
+    except InputError:
+        return spec_from_windows((card.sliding_window,) * card.layers, card.query_heads, card.kv_heads,
+                                 card.head_dim, key=loaded.key, name=card.name, source=card.source,
+                                 architecture=card.architecture, parameters=card.parameters,
+                                 max_context=card.context_length)
 
 
 def count_parameters(config: Any) -> int | None:

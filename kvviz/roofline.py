@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from kvviz.models import ModelCard
+from kvviz.memory import ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes
 from kvviz.timing import synchronize
 
 # Bytes of the buffer copied to measure bandwidth: far larger than any CPU's last-level cache, so the copy streams
@@ -175,13 +175,15 @@ def weight_bytes_read(model: Any) -> int:
     return total
 
 
-def kv_bytes_per_position(card: ModelCard, dtype: torch.dtype) -> int:
-    """Keys + values of one position across all layers: 2 · layers · kv_heads · head_dim · bytes per element."""
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * card.layers * card.kv_heads * card.head_dim * element
+def step_bytes(weights: int, spec: ModelSpec | None, precision: Precision, attended: int, new_tokens: int) -> float:
+    """Bytes one call must move: all weights, the K/V each layer reads and the new K/V written.
 
-
-def step_bytes(weights: int, kv_per_position: int, context: int, new_tokens: int, window: int | None = None) -> float:
-    """Bytes one call must move: all weights, the K/V of every attended position read, the new K/V written."""
-    attended = min(context, window) if window else context
-    return float(weights + kv_per_position * (attended + new_tokens))
+    Each layer reads the K/V of ``attended`` positions, capped at its own window (``kvviz.memory.kv_cache_bytes``):
+    hybrid models mix layers that read everything with layers that read their window. ``spec`` None is a call
+    that keeps no cache (the naive path): it moves the weights only.
+    """
+    if spec is None:
+        return float(weights)
+    read = kv_cache_bytes(spec, attended, 1, precision)
+    written = new_tokens * kv_bytes_per_token(spec, precision)
+    return float(weights + read + written)

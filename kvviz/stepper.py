@@ -204,7 +204,7 @@ class _BaseStepper:
             cache_bytes=sum(layer.bytes for layer in layers),
             ms=timer.ms,
             tokens_processed=processed,
-            flops=forward_flops(self.loaded.card, self._vocab, self._hidden, processed, len(self.ids)),
+            flops=forward_flops(self.loaded, self._vocab, self._hidden, processed, len(self.ids)),
             attention=tuple(recorder.to_numpy()) if recorder is not None else None,
             kv_rows=tuple(rows) if cache is not None and (rows := cache.take_appended_rows()) else None,
         )

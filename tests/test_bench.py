@@ -24,10 +24,9 @@ from kvviz.bench_results import (
 )
 from kvviz.charts import speed as charts
 from kvviz.errors import InputError
+from kvviz.memory import FP32
 from kvviz.models import LoadedModel, load_random_model, tiny_config
-from kvviz.roofline import (
-    DevicePeak, known_gpu, kv_bytes_per_position, measure_memory_bandwidth, step_bytes, weight_bytes_read,
-)
+from kvviz.roofline import DevicePeak, known_gpu, measure_memory_bandwidth, step_bytes, weight_bytes_read
 
 CPU_PATHS = ("naive", "dynamic", "kvviz", "static", "generate")
 SMALL = BenchConfig(tokens=12, prompt_tokens=8, repeats=2, naive_repeats=1, warmup_tokens=2)
@@ -325,10 +324,12 @@ def test_bytes_per_step_count_weights_and_the_kv_read_and_written(tiny_llama):
     card = tiny_llama.card
     weights = weight_bytes_read(tiny_llama.model)
     assert weights == sum(p.numel() * 4 for p in tiny_llama.model.parameters())  # tied embeddings: all read
-    per_position = kv_bytes_per_position(card, torch.float32)
-    assert per_position == 2 * card.layers * card.kv_heads * card.head_dim * 4
-    assert step_bytes(weights, per_position, context=100, new_tokens=1) == weights + per_position * 101
-    assert step_bytes(weights, per_position, context=100, new_tokens=1, window=10) == weights + per_position * 11
+    per_position = 2 * card.layers * card.kv_heads * card.head_dim * 4
+    assert step_bytes(weights, tiny_llama.spec, FP32, attended=100, new_tokens=1) == weights + per_position * 101
+    sliding = replace(tiny_llama.spec, groups=tuple(replace(g, kind="sliding", window=10)
+                                                    for g in tiny_llama.spec.groups))
+    assert step_bytes(weights, sliding, FP32, attended=100, new_tokens=1) == weights + per_position * 11
+    assert step_bytes(weights, None, FP32, attended=100, new_tokens=1) == weights  # no cache: the weights only
 
 
 def test_known_gpus_match_whole_words_and_memory_bandwidth_is_measured():

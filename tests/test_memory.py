@@ -11,9 +11,14 @@ import pytest
 import torch
 from transformers import DeepseekV3Config, Gemma3TextConfig
 
+from transformers import StaticCache
+
 from kvviz import memory as mem
+from kvviz.charts.step import cache_geometry
+from kvviz.costs import forward_flops
 from kvviz.errors import InputError
-from kvviz.models import converted_smollm2_dir, load_random_model
+from kvviz.models import LoadedModel, converted_smollm2_dir, load_random_model
+from kvviz.roofline import step_bytes, weight_bytes_read
 from kvviz.stepper import Stepper
 from tiny_models import sliding_mistral
 
@@ -251,6 +256,50 @@ def test_formula_equals_live_cache_for_a_hybrid_model():
     check = mem.measure_live_cache(loaded, prompt_tokens=20, new_tokens=3)
     assert [layer.kind for layer in check.layers] == ["sliding"] * 5 + ["full"]
     assert [layer.stored for layer in check.layers] == [7] * 5 + [22]
+
+
+def tiny_gemma3(layer_types: list[str]) -> LoadedModel:
+    """A 6-layer Gemma-3-style model (window 8) whose layers slide or not as ``layer_types`` says."""
+    config = Gemma3TextConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                              max_position_embeddings=256, layer_types=layer_types)
+    return load_random_model(config, "tiny-gemma3-" + "".join(kind[0] for kind in layer_types))
+
+
+def test_hybrid_flops_and_bytes_lie_between_all_sliding_and_all_full_and_match_the_live_cache():
+    hybrid = ["sliding_attention", "full_attention"] * 3
+    models = {name: tiny_gemma3(types) for name, types in
+              (("sliding", ["sliding_attention"] * 6), ("hybrid", hybrid), ("full", ["full_attention"] * 6))}
+    text = models["hybrid"].model.config
+    weights = weight_bytes_read(models["hybrid"].model)
+    context = 20  # past the window of 8: a sliding layer reads 8 positions, a full one all 20
+    flops = {name: forward_flops(loaded, text.vocab_size, text.hidden_size, 1, context)
+             for name, loaded in models.items()}
+    moved = {name: step_bytes(weights, loaded.spec, mem.FP32, context, 1) for name, loaded in models.items()}
+    assert flops["sliding"] < flops["hybrid"] < flops["full"]
+    assert moved["sliding"] < moved["hybrid"] < moved["full"]
+    # Per layer: 4 · 2 query heads · 16 head dim per (query, key) pair; 3 layers see 8 keys, 3 see 20.
+    spec = models["hybrid"].spec
+    assert mem.attention_flops(spec, 1, context) == 4 * 2 * 16 * (3 * 8 + 3 * 20)
+    assert mem.kv_cache_bytes(spec, context, 1, mem.FP32) == 2 * 16 * 4 * (3 * 8 + 3 * 20)  # K+V, 1 KV head, fp32
+    # A prefill of the 20 tokens: query q sees min(q, 8) keys in a sliding layer, q keys in a full one.
+    assert mem.attention_flops(spec, context, context) == 4 * 2 * 16 * (3 * (36 + 12 * 8) + 3 * 210)
+
+    # The formula's bytes are the live DynamicCache's, step by step, and the step chart draws the same line.
+    loaded = models["hybrid"]
+    stepper = Stepper(loaded, capture_attention=False)
+    record = stepper.prefill(list(range(65, 65 + context)))
+    for _ in range(3):
+        live = sum(layer.keys.nbytes + layer.values.nbytes for layer in stepper.cache.layers)
+        formula = mem.kv_cache_bytes(spec, record.cache_len, 1, mem.FP32, between_calls=True)
+        assert formula == live == record.cache_bytes == cache_geometry(record).bytes_at([record.cache_len])[0]
+        record = stepper.step()
+    # A StaticCache preallocates each full layer for the whole run and each sliding layer for its window.
+    cache = StaticCache(config=loaded.model.config, max_cache_len=32)
+    with torch.inference_mode():
+        loaded.model(input_ids=torch.tensor([list(range(65, 75))]), past_key_values=cache, use_cache=True)
+    static = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert static == mem.kv_cache_bytes(spec, 32, 1, mem.FP32) == 2 * 16 * 4 * (3 * 8 + 3 * 32)
 
 
 def test_formula_equals_live_cache_for_latent_attention():

@@ -26,13 +26,15 @@ import plotly.graph_objects as go
 from kvviz.charts.style import (
     CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, SEQUENTIAL, VALUES, base_layout, measured_on,
 )
-from kvviz.memory import window_tokens_held
+from kvviz.errors import InputError
+from kvviz.memory import (
+    ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes, precision_of_torch_dtype, spec_from_windows,
+)
 from kvviz.records import StepRecord, Trace
 
 # A heatmap wider than this many positions is unreadable on a laptop and slow to ship to the browser.
 MAX_COLUMNS = 512
 MIB = 1024 * 1024
-_BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1}
 # Heatmap scales that fade to transparent at zero, so they read on a light and on a dark background.
 _KEYS_SCALE = [[0.0, "rgba(0,158,115,0.04)"], [1.0, KEYS]]
 _VALUES_SCALE = [[0.0, "rgba(204,121,167,0.04)"], [1.0, VALUES]]
@@ -63,33 +65,46 @@ def latest(trace: Trace) -> StepRecord | None:
     return trace.records[-1] if trace.records else None
 
 
-def bytes_per_element(dtype: str) -> int:
-    return _BYTES_PER_ELEMENT.get(dtype, 4)
-
-
 @dataclass(frozen=True)
 class CacheGeometry:
-    """The cache's shape as transformers holds it, read off the latest record: ``[1, kv_heads, T, head_dim]``."""
+    """The cache as transformers holds it, read off the latest record (``[1, kv_heads, T, head_dim]`` per layer, each
+    with its own window), as the layer-by-layer spec that ``kvviz.memory`` sizes."""
 
-    layers: int
-    kv_heads: int
-    head_dim: int
+    spec: ModelSpec
+    precision: Precision
     dtype: str
-    element_bytes: int
-    windows: tuple[int | None, ...] = ()  # per layer: its sliding window, None for a full-attention layer
+
+    @property
+    def layers(self) -> int:
+        return self.spec.layers
+
+    @property
+    def kv_heads(self) -> int:
+        return self.spec.kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.spec.head_dim
+
+    @property
+    def element_bytes(self) -> int:
+        return self.precision.bits // 8
+
+    @property
+    def windows(self) -> tuple[int | None, ...]:
+        """Per layer: its sliding window, None for a full-attention layer."""
+        return tuple(self.spec.groups[group].attended_window for group in self.spec.layout)
 
     @property
     def bytes_per_token(self) -> int:
         """2 (K and V) · layers · kv_heads · head_dim · bytes per element (while no window is full)."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.element_bytes
+        return kv_bytes_per_token(self.spec, self.precision)
 
     def bytes_at(self, tokens: np.ndarray) -> np.ndarray:
-        """Cache bytes after a call that leaves ``tokens`` positions seen, each layer holding what
-        ``kvviz.memory.window_tokens_held`` says (a sliding layer at most ``window - 1`` between calls)."""
-        per_layer_token = 2 * self.kv_heads * self.head_dim * self.element_bytes
-        windows = self.windows or (None,) * self.layers
-        held = [sum(window_tokens_held(int(t), w, between_calls=True) for w in windows) for t in tokens]
-        return np.asarray(held, dtype=np.int64) * per_layer_token
+        """Cache bytes after a call that leaves ``tokens`` positions seen, as ``kvviz.memory.kv_cache_bytes`` counts
+        them between two calls (a sliding layer then holds at most ``window - 1`` tokens)."""
+        return np.asarray([kv_cache_bytes(self.spec, int(t), 1, self.precision, between_calls=True) if t > 0 else 0
+                           for t in tokens], dtype=np.int64)
 
     def breakpoints(self) -> tuple[int, ...]:
         """Token counts where a window fills and the line bends."""
@@ -107,13 +122,19 @@ class CacheGeometry:
 
 
 def cache_geometry(record: StepRecord | None) -> CacheGeometry | None:
-    """``None`` before the first prefill or for a record without a cache (the naive path)."""
+    """``None`` before the first prefill, for a record without a cache (the naive path) or of an unknown dtype."""
     if record is None or not record.cache_layers or len(record.cache_layers[0].shape) != 4:
         return None
     first = record.cache_layers[0]
     _, kv_heads, _, head_dim = first.shape
-    return CacheGeometry(len(record.cache_layers), kv_heads, head_dim, first.dtype, bytes_per_element(first.dtype),
-                         tuple(layer.sliding_window for layer in record.cache_layers))
+    try:
+        precision = precision_of_torch_dtype(first.dtype)
+    except InputError:
+        return None
+    # The cache does not say how many query heads read it; the bytes do not depend on it.
+    spec = spec_from_windows((layer.sliding_window for layer in record.cache_layers), kv_heads, kv_heads, head_dim,
+                             key="cache", name="live cache", source="the latest record")
+    return CacheGeometry(spec, precision, first.dtype)
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
