@@ -45,7 +45,11 @@ JSON format (``format: "kvviz-bench"``, ``format_version: 1``; ``docs/bench-form
 are empty, its ``ms_per_token`` is its total time over the N tokens, and its ``prefill_ms`` is a separate
 one-token ``generate()`` call (its time to first token).
 
-What it does not do: run anything (``bench.py``) or draw (``charts/speed.py``).
+``DevicePeak`` (the roofs: peak bandwidth and compute) is stored with every result; ``roofline.py`` finds the
+figures.
+
+What it does not do: run anything (``bench.py``), draw (``charts/speed.py``), or import torch or transformers (a
+test checks it): a result file can be read without them.
 """
 
 from __future__ import annotations
@@ -56,8 +60,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
-
-from kvviz.roofline import DevicePeak
 
 FORMAT = "kvviz-bench"
 FORMAT_VERSION = 1
@@ -73,6 +75,27 @@ PATH_LABELS: dict[str, str] = {
     "generate": "generate: transformers generate(), total time / tokens",
 }
 CACHED_PATHS: tuple[str, ...] = ("dynamic", "kvviz", "static", "graphs", "generate")
+
+
+@dataclass(frozen=True)
+class DevicePeak:
+    """The roofs of the roofline: what the device can move and compute at best, and where each figure came from."""
+
+    memory_bytes_per_s: float
+    memory_source: str
+    flops_per_s: float
+    flops_source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "memory_bytes_per_s": self.memory_bytes_per_s, "memory_source": self.memory_source,
+            "flops_per_s": self.flops_per_s, "flops_source": self.flops_source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DevicePeak":
+        return cls(float(data["memory_bytes_per_s"]), str(data["memory_source"]), float(data["flops_per_s"]),
+                   str(data["flops_source"]))
 
 
 @dataclass(frozen=True)

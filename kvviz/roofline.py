@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from kvviz.bench_results import DevicePeak
 from kvviz.memory import ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes
 from kvviz.timing import synchronize
 
@@ -59,27 +60,6 @@ KNOWN_GPUS: tuple[KnownGpu, ...] = (
     KnownGpu(("v100",), "NVIDIA V100", 0.900e12, 125e12),
     KnownGpu(("t4",), "NVIDIA T4", 0.320e12, 65e12),
 )
-
-
-@dataclass(frozen=True)
-class DevicePeak:
-    """The roofs of the roofline: what the device can move and compute at best, and where each figure came from."""
-
-    memory_bytes_per_s: float
-    memory_source: str
-    flops_per_s: float
-    flops_source: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "memory_bytes_per_s": self.memory_bytes_per_s, "memory_source": self.memory_source,
-            "flops_per_s": self.flops_per_s, "flops_source": self.flops_source,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DevicePeak":
-        return cls(float(data["memory_bytes_per_s"]), str(data["memory_source"]), float(data["flops_per_s"]),
-                   str(data["flops_source"]))
 
 
 def device_name(device: torch.device | str) -> str:

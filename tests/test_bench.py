@@ -19,14 +19,14 @@ import torch
 
 from kvviz.bench import BenchProgress, benchmark_prompt, parse_paths, run_benchmark
 from kvviz.bench_results import (
-    FORMAT, PATHS, BenchConfig, BenchResult, Environment, PathResult, Spread, StepSeries, check_tokens,
+    FORMAT, PATHS, BenchConfig, BenchResult, DevicePeak, Environment, PathResult, Spread, StepSeries, check_tokens,
     fit_quadratic,
 )
 from kvviz.charts import speed as charts
 from kvviz.errors import InputError
 from kvviz.memory import FP32
 from kvviz.models import LoadedModel, load_random_model, tiny_config
-from kvviz.roofline import DevicePeak, known_gpu, measure_memory_bandwidth, step_bytes, weight_bytes_read
+from kvviz.roofline import known_gpu, measure_memory_bandwidth, step_bytes, weight_bytes_read
 
 CPU_PATHS = ("naive", "dynamic", "kvviz", "static", "generate")
 SMALL = BenchConfig(tokens=12, prompt_tokens=8, repeats=2, naive_repeats=1, warmup_tokens=2)

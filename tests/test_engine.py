@@ -216,6 +216,16 @@ def test_engine_imports_without_streamlit():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_data_modules_import_neither_torch_nor_transformers():
+    """Records and benchmark results are data: reading them (a saved result, a trace) needs no model stack."""
+    code = (
+        "import sys, kvviz.records, kvviz.bench_results\n"
+        "loaded = sorted({'torch', 'transformers'} & set(sys.modules))\n"
+        "assert not loaded, f'imported {loaded}'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_the_context_limit_counts_the_positions_the_cache_will_hold(tiny_llama):
     """N new tokens need P + N - 1 positions (the last chosen token is never fed): that many fit exactly."""
     context = tiny_llama.card.context_length
