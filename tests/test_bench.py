@@ -24,7 +24,7 @@ from kvviz.bench_results import (
 )
 from kvviz.charts import speed as charts
 from kvviz.errors import InputError
-from kvviz.memory import FP32
+from kvviz.kv_formula import FP32
 from kvviz.models import LoadedModel, load_random_model, tiny_config
 from kvviz.roofline import known_gpu, measure_memory_bandwidth, step_bytes, weight_bytes_read
 

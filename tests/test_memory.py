@@ -13,7 +13,9 @@ from transformers import DeepseekV3Config, Gemma3TextConfig
 
 from transformers import StaticCache
 
-from kvviz import memory as mem
+from kvviz import kv_configs as configs
+from kvviz import kv_formula as mem
+from kvviz import live_check
 from kvviz.charts.step import cache_geometry
 from kvviz.costs import forward_flops
 from kvviz.errors import InputError
@@ -30,18 +32,18 @@ INT8 = mem.CACHE_PRECISIONS["int8"]
 
 def test_opt_13b_is_800_kib_per_token_in_fp16():
     # The vLLM paper's figure: 2 (K, V) × 40 layers × 5,120 hidden × 2 bytes.
-    assert mem.kv_bytes_per_token(mem.get_preset("opt-13b"), mem.FP16) == 819_200 == 2 * 40 * 5120 * 2
+    assert mem.kv_bytes_per_token(configs.get_preset("opt-13b"), mem.FP16) == 819_200 == 2 * 40 * 5120 * 2
 
 
 def test_llama_3_70b_is_320_kib_per_token_in_fp16():
     # Llama-3-70B and 3.1-70B share the geometry: 80 layers, 8 KV heads, head dim 128.
-    spec = mem.get_preset("llama-3.1-70b")
+    spec = configs.get_preset("llama-3.1-70b")
     assert (spec.layers, spec.query_heads, spec.kv_heads, spec.head_dim) == (80, 64, 8, 128)
     assert mem.kv_bytes_per_token(spec, mem.FP16) == 320 * 1024 == 2 * 80 * 8 * 128 * 2
 
 
 def test_smollm2_135m_is_22_5_kib_per_token_in_bf16():
-    assert mem.kv_bytes_per_token(mem.get_preset("smollm2-135m"), mem.BF16) == 23_040 == int(22.5 * 1024)
+    assert mem.kv_bytes_per_token(configs.get_preset("smollm2-135m"), mem.BF16) == 23_040 == int(22.5 * 1024)
 
 
 def test_gpu_memory_is_what_the_driver_reports_not_the_name_on_the_box():
@@ -49,13 +51,13 @@ def test_gpu_memory_is_what_the_driver_reports_not_the_name_on_the_box():
     assert mem.GPUS["b200"].memory_gib == pytest.approx(179.06, abs=0.01)  # "192 GB"
     # Llama-3.1-70B in bf16 with one 128K sequence needs 171.4 GiB: more than a B200's 161.2 GiB after a 10% reserve
     # (with the nominal 192 GiB it would wrongly seem to fit).
-    est = mem.estimate(mem.get_preset("llama-3.1-70b"), 131_072)
+    est = mem.estimate(configs.get_preset("llama-3.1-70b"), 131_072)
     fit = mem.fit_on_gpu(est, mem.GPUS["b200"], reserve=0.1)
     assert est.total_bytes > fit.usable_bytes and not fit.fits and fit.gpus_needed == 2
 
 
 def test_llama_31_70b_at_128k_holds_40_gib_and_does_not_fit_an_h100_beside_its_weights():
-    est = mem.estimate(mem.get_preset("llama-3.1-70b"), 131_072, 1, mem.BF16, mem.BF16)
+    est = mem.estimate(configs.get_preset("llama-3.1-70b"), 131_072, 1, mem.BF16, mem.BF16)
     assert est.kv_bytes_per_sequence == 40 * mem.GIB
     assert est.sentence().startswith("Llama-3.1-70B at 131,072 tokens holds 40 GiB of KV cache per sequence in bf16")
     assert est.weights_bytes == 2 * 70_553_706_496
@@ -67,15 +69,15 @@ def test_llama_31_70b_at_128k_holds_40_gib_and_does_not_fit_an_h100_beside_its_w
 
 
 def test_ignoring_gqa_overstates_the_cache_by_the_group_size():
-    est = mem.estimate(mem.get_preset("llama-3.1-70b"), 8192)
+    est = mem.estimate(configs.get_preset("llama-3.1-70b"), 8192)
     assert est.kv_bytes_per_sequence_without_sharing == 8 * est.kv_bytes_per_sequence
     assert est.sharing_factor == 8.0
-    mha = mem.estimate(mem.get_preset("llama-2-13b"), 4096)
+    mha = mem.estimate(configs.get_preset("llama-2-13b"), 4096)
     assert mha.sharing_factor == 1.0 and not mha.spec.shares_kv
 
 
 def test_deepseek_v3_caches_latent_plus_rope_key_not_times_two():
-    spec = mem.get_preset("deepseek-v3")
+    spec = configs.get_preset("deepseek-v3")
     assert spec.attention_kind == "MLA" and spec.layers == 61
     assert mem.kv_bytes_per_token(spec, mem.BF16) == 61 * (512 + 64) * 2 == 70_272
     # Expanded to per-head keys (128 nope + 64 rope) and values (128) for each of 128 heads.
@@ -83,7 +85,7 @@ def test_deepseek_v3_caches_latent_plus_rope_key_not_times_two():
 
 
 def test_sliding_window_caps_the_cache_at_the_window():
-    spec = mem.get_preset("mistral-7b")
+    spec = configs.get_preset("mistral-7b")
     per_token = 2 * 32 * 8 * 128 * 2
     assert mem.kv_cache_bytes(spec, 1000) == 1000 * per_token
     assert mem.kv_cache_bytes(spec, 4096) == mem.kv_cache_bytes(spec, 32_768) == 4096 * per_token
@@ -92,7 +94,7 @@ def test_sliding_window_caps_the_cache_at_the_window():
 
 
 def test_hybrid_model_counts_each_layer_type():
-    spec = mem.get_preset("gemma-3-270m")  # 15 sliding (512) + 3 full layers, 1 KV head of 256
+    spec = configs.get_preset("gemma-3-270m")  # 15 sliding (512) + 3 full layers, 1 KV head of 256
     assert sorted((g.kind, g.layers, g.window) for g in spec.groups) == [("full", 3, None), ("sliding", 15, 512)]
     assert spec.layout == tuple([0] * 5 + [1]) * 3 or spec.layout == tuple([1] * 5 + [0]) * 3
     per_layer_token = 2 * 1 * 256 * 2
@@ -101,7 +103,7 @@ def test_hybrid_model_counts_each_layer_type():
 
 
 def test_quantised_caches_include_scale_and_zero_point_per_group():
-    spec = mem.get_preset("llama-3.1-70b")  # 80 layers × 16 vectors (K and V of 8 heads) of 128 elements
+    spec = configs.get_preset("llama-3.1-70b")  # 80 layers × 16 vectors (K and V of 8 heads) of 128 elements
     vectors = 80 * 16
     assert mem.kv_bytes_per_token(spec, mem.FP8) == vectors * 128
     # int8, groups of 64: 128 bytes + two groups × (fp16 scale + fp16 zero) = 136 bytes per vector.
@@ -122,7 +124,7 @@ def test_weights_bytes_per_precision():
 
 
 def test_fit_search_finds_the_largest_batch_and_context():
-    est = mem.estimate(mem.get_preset("llama-3.1-8b"), 32_768, 4, mem.BF16, mem.BF16)
+    est = mem.estimate(configs.get_preset("llama-3.1-8b"), 32_768, 4, mem.BF16, mem.BF16)
     fit = mem.fit_on_gpu(est, mem.GPUS["h100"], reserve=0.1)
     free = int(81_559 * 2**20 * 0.9) - est.weights_bytes  # the H100 reports 81,559 MiB
     assert fit.free_for_cache == free and fit.fits
@@ -130,7 +132,7 @@ def test_fit_search_finds_the_largest_batch_and_context():
     size = lambda context: mem.kv_cache_bytes(est.spec, context, 4, mem.BF16)  # noqa: E731
     assert size(fit.max_context) <= free < size(fit.max_context + 1)
     # An all-sliding model's cache stops growing: any context fits once the window does.
-    sliding = mem.fit_on_gpu(mem.estimate(mem.get_preset("mistral-7b"), 1000), mem.GPUS["h100"])
+    sliding = mem.fit_on_gpu(mem.estimate(configs.get_preset("mistral-7b"), 1000), mem.GPUS["h100"])
     assert sliding.max_context == mem.MAX_CONTEXT and sliding.max_context_is_search_limit
 
 
@@ -142,14 +144,14 @@ def test_format_bytes_uses_binary_units():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: mem.kv_cache_bytes(mem.get_preset("gpt2"), 0), "context must be at least 1"),
-    (lambda: mem.estimate(mem.get_preset("gpt2"), 10, batch=-1), "batch must be at least 1"),
+    (lambda: mem.kv_cache_bytes(configs.get_preset("gpt2"), 0), "context must be at least 1"),
+    (lambda: mem.estimate(configs.get_preset("gpt2"), 10, batch=-1), "batch must be at least 1"),
     (lambda: mem.parse_precision("fp12"), "Unknown dtype 'fp12'"),
-    (lambda: mem.get_preset("gpt-5"), "Unknown preset 'gpt-5'"),
+    (lambda: configs.get_preset("gpt-5"), "Unknown preset 'gpt-5'"),
     (lambda: mem.parse_gpu("v100"), "Unknown GPU"),
-    (lambda: mem.spec_from_config_text("{not json"), "not valid JSON"),
-    (lambda: mem.spec_from_config_text('{"num_hidden_layers": 2}'), "no 'model_type'"),
-    (lambda: mem.spec_from_config_text('{"model_type": "no-such-arch"}'), "does not know the model type"),
+    (lambda: configs.spec_from_config_text("{not json"), "not valid JSON"),
+    (lambda: configs.spec_from_config_text('{"num_hidden_layers": 2}'), "no 'model_type'"),
+    (lambda: configs.spec_from_config_text('{"model_type": "no-such-arch"}'), "does not know the model type"),
 ])
 def test_bad_input_raises_one_sentence(call, match):
     with pytest.raises(InputError, match=match):
@@ -183,33 +185,33 @@ EXPECTED = {
 
 
 def test_every_preset_has_the_published_geometry():
-    assert {preset.key for preset in mem.PRESETS} == set(EXPECTED)
+    assert {preset.key for preset in configs.PRESETS} == set(EXPECTED)
     for key, expected in EXPECTED.items():
-        spec = mem.get_preset(key)
+        spec = configs.get_preset(key)
         assert (spec.layers, spec.query_heads, spec.kv_heads, spec.head_dim, spec.max_context,
                 spec.attention_kind) == expected, key
         assert "config.json" in spec.source and "/" in spec.source
 
 
-@pytest.mark.parametrize("key", [p.key for p in mem.PRESETS])
+@pytest.mark.parametrize("key", [p.key for p in configs.PRESETS])
 def test_preset_parameter_count_matches_a_meta_model_built_from_its_config(key):
-    preset = next(p for p in mem.PRESETS if p.key == key)
-    assert mem.count_parameters(mem.preset_config(preset)) == preset.parameters
+    preset = next(p for p in configs.PRESETS if p.key == key)
+    assert configs.count_parameters(configs.preset_config(preset)) == preset.parameters
 
 
 def test_config_folder_reads_like_the_preset():
     folder = converted_smollm2_dir()
     if not folder.is_dir():
         pytest.skip("the converted SmolLM2 folder is made by the first load of the default model")
-    spec = mem.spec_from_config_path(folder)
-    assert spec.groups == mem.get_preset("smollm2-135m").groups
+    spec = configs.spec_from_config_path(folder)
+    assert spec.groups == configs.get_preset("smollm2-135m").groups
     assert spec.parameters == 134_515_008  # counted on the meta device from the folder's config
 
 
 def test_pasted_config_json():
     text = json.dumps({"model_type": "mistral", "num_hidden_layers": 4, "num_attention_heads": 8,
                        "num_key_value_heads": 2, "hidden_size": 256, "sliding_window": 16, "vocab_size": 100})
-    spec = mem.spec_from_config_text(text)
+    spec = configs.spec_from_config_text(text)
     assert spec.attention_kind == "GQA, sliding window 16" and spec.parameters > 0
     assert mem.kv_cache_bytes(spec, 100) == 2 * 4 * 2 * 32 * 2 * 16
 
@@ -221,7 +223,7 @@ def assert_stepwise_equal(loaded, prompt_ids: list[int], steps: int) -> None:
     stepper = Stepper(loaded, capture_attention=False)
     record = stepper.prefill(prompt_ids)
     for _ in range(steps + 1):
-        check = mem.check_record(loaded, record, "test")
+        check = live_check.check_record(loaded, record, "test")
         live = sum(layer.keys.nbytes + layer.values.nbytes for layer in stepper.cache.layers)
         assert check.matches, check.layers
         assert check.formula_bytes == check.live_bytes == record.cache_bytes == live
@@ -233,7 +235,7 @@ def assert_stepwise_equal(loaded, prompt_ids: list[int], steps: int) -> None:
 def test_formula_equals_live_cache_bytes_for_tiny_models(name, request):
     loaded = request.getfixturevalue(name)
     assert_stepwise_equal(loaded, list(range(40, 60)), steps=6)
-    check = mem.measure_live_cache(loaded, prompt_tokens=24, new_tokens=5)
+    check = live_check.measure_live_cache(loaded, prompt_tokens=24, new_tokens=5)
     card = loaded.card
     assert check.matches and check.positions == 24 + 4
     assert check.formula_bytes == 2 * card.layers * card.kv_heads * card.head_dim * 4 * (24 + 4)
@@ -243,7 +245,7 @@ def test_formula_equals_live_cache_bytes_for_tiny_models(name, request):
 def test_formula_equals_live_cache_past_a_sliding_window():
     loaded = sliding_mistral(window=8)
     assert_stepwise_equal(loaded, list(range(65, 71)), steps=10)  # 6 → 16 tokens, crossing the window of 8
-    check = mem.measure_live_cache(loaded, prompt_tokens=20, new_tokens=3)
+    check = live_check.measure_live_cache(loaded, prompt_tokens=20, new_tokens=3)
     assert {layer.stored for layer in check.layers} == {7}  # window - 1 between calls
 
 
@@ -253,7 +255,7 @@ def test_formula_equals_live_cache_for_a_hybrid_model():
                               max_position_embeddings=256)
     loaded = load_random_model(config, "tiny-gemma3-hybrid")
     assert_stepwise_equal(loaded, list(range(65, 75)), steps=4)
-    check = mem.measure_live_cache(loaded, prompt_tokens=20, new_tokens=3)
+    check = live_check.measure_live_cache(loaded, prompt_tokens=20, new_tokens=3)
     assert [layer.kind for layer in check.layers] == ["sliding"] * 5 + ["full"]
     assert [layer.stored for layer in check.layers] == [7] * 5 + [22]
 
@@ -311,7 +313,7 @@ def test_formula_equals_live_cache_for_latent_attention():
     )
     loaded = load_random_model(config, "tiny-deepseek-v3")
     assert_stepwise_equal(loaded, list(range(65, 75)), steps=3)
-    check = mem.measure_live_cache(loaded, prompt_tokens=12, new_tokens=2)
+    check = live_check.measure_live_cache(loaded, prompt_tokens=12, new_tokens=2)
     # transformers 5.23 caches the latent and the RoPE key themselves, so the live tensors hold exactly the formula.
     assert check.matches
     # layers × (latent + RoPE key) × fp32 × tokens
@@ -320,7 +322,7 @@ def test_formula_equals_live_cache_for_latent_attention():
 
 @pytest.mark.slow
 def test_formula_equals_live_cache_for_the_default_model(smollm2):
-    check = mem.measure_live_cache(smollm2, prompt_tokens=128, new_tokens=16)
+    check = live_check.measure_live_cache(smollm2, prompt_tokens=128, new_tokens=16)
     assert check.matches and check.positions == 143
     assert check.formula_bytes == check.live_bytes == 2 * 30 * 3 * 64 * 4 * 143  # fp32 on the CPU
     assert check.formula == "2 (K, V) × 30 layers × 3 KV heads × 64 head dim × 4 bytes × 143 tokens"
@@ -332,7 +334,7 @@ def test_cuda_allocator_growth_matches_the_formula():
     from kvviz.models import load_model
 
     loaded = load_model("smollm2-135m", device="cuda", dtype="bfloat16")
-    check = mem.measure_live_cache(loaded, prompt_tokens=256, new_tokens=32)
+    check = live_check.measure_live_cache(loaded, prompt_tokens=256, new_tokens=32)
     assert check.matches
     assert check.allocator_growth is not None and abs(check.allocator_error) < 0.02
 
@@ -440,7 +442,7 @@ def test_figures_draw_the_formula_and_survive_empty_input():
     for empty in (charts.cache_vs_context_figure([], mem.BF16, 1000), charts.sharing_figure([]),
                   charts.gpu_fit_figure([]), charts.max_batch_figure([]), charts.live_check_figure(None)):
         assert empty.layout.title.text
-    mistral, llama = mem.get_preset("mistral-7b"), mem.get_preset("llama-3.1-70b")
+    mistral, llama = configs.get_preset("mistral-7b"), configs.get_preset("llama-3.1-70b")
     fig = charts.cache_vs_context_figure([llama, mistral], mem.BF16, 131_072)
     solid = {trace.name: trace for trace in fig.data if trace.line.dash == "solid"}
     assert set(solid) == {"Llama-3.1-70B", "Mistral-7B-v0.1"}

@@ -1,6 +1,6 @@
 """Plotly figures for the Memory page: cache size vs context, what KV sharing saves, fits on a GPU, formula vs live.
 
-Pure functions of ``kvviz.memory`` objects: they size nothing themselves beyond calling its formulas, and know
+Pure functions of ``kvviz.kv_formula`` objects: they size nothing themselves beyond calling its formulas, and know
 nothing of Streamlit. Sizes are drawn in GiB (2³⁰ bytes) and every hover shows the exact bytes.
 """
 
@@ -16,18 +16,18 @@ import pandas  # noqa: F401
 import plotly.graph_objects as go
 
 from kvviz.charts.style import CACHED, FORMULA, NAIVE, base_layout, measured_on
-from kvviz.memory import (
+from kvviz.kv_formula import (
     GIB,
     KIB,
     MAX_CONTEXT,
     Fit,
-    LiveCheck,
     MemoryEstimate,
     ModelSpec,
     Precision,
     format_bytes,
     kv_cache_bytes,
 )
+from kvviz.live_check import LiveCheck
 
 # Okabe–Ito (then Tol's wine), one colour per compared model; grey and yellow stay free for formulas and highlights.
 MODEL_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#882255")

@@ -27,7 +27,7 @@ from kvviz.charts.style import (
     CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, SEQUENTIAL, VALUES, base_layout, measured_on,
 )
 from kvviz.errors import InputError
-from kvviz.memory import (
+from kvviz.kv_formula import (
     ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes, precision_of_torch_dtype, spec_from_windows,
 )
 from kvviz.records import StepRecord, Trace
@@ -68,7 +68,7 @@ def latest(trace: Trace) -> StepRecord | None:
 @dataclass(frozen=True)
 class CacheGeometry:
     """The cache as transformers holds it, read off the latest record (``[1, kv_heads, T, head_dim]`` per layer, each
-    with its own window), as the layer-by-layer spec that ``kvviz.memory`` sizes."""
+    with its own window), as the layer-by-layer spec that ``kvviz.kv_formula`` sizes."""
 
     spec: ModelSpec
     precision: Precision
@@ -101,7 +101,7 @@ class CacheGeometry:
         return kv_bytes_per_token(self.spec, self.precision)
 
     def bytes_at(self, tokens: np.ndarray) -> np.ndarray:
-        """Cache bytes after a call that leaves ``tokens`` positions seen, as ``kvviz.memory.kv_cache_bytes`` counts
+        """Cache bytes after a call that leaves ``tokens`` positions seen, as ``kvviz.kv_formula.kv_cache_bytes`` counts
         them between two calls (a sliding layer then holds at most ``window - 1`` tokens)."""
         return np.asarray([kv_cache_bytes(self.spec, int(t), 1, self.precision, between_calls=True) if t > 0 else 0
                            for t in tokens], dtype=np.int64)
