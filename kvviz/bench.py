@@ -121,44 +121,73 @@ class _Skip(Exception):
 # ----- the paths ------------------------------------------------------------------------------------------------
 
 class _Runner:
-    """One decode path. ``run`` calls ``tick`` after every step, outside the timed region."""
+    """One decode path, in gpt-fast's shape: ``prefill(prompt) -> token`` and ``step() -> token``.
+
+    ``run`` is the one timed loop every path but ``generate`` shares: a fresh start (``start_run``, untimed), then
+    ``DeviceTimer`` around the prefill and around each step, and ``tick`` after each, outside the timed region.
+    """
 
     def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
         self.config = config
+        self.tokens_processed = 1  # tokens the last step pushed through the model (the naive path: all of them)
 
     def setup(self, prompt: list[int]) -> float | None:
         """One-off work before the first run, in ms (None when there is none)."""
         return None
 
-    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+    def start_run(self) -> None:
+        """Fresh per-run state (an empty cache), before the clock starts."""
+
+    def prefill(self, prompt: list[int]) -> int:
+        """Feed the prompt; return the chosen token, held on the host."""
         raise NotImplementedError
+
+    def step(self) -> int:
+        """Feed the token chosen last; return the next one, held on the host."""
+        raise NotImplementedError
+
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        self.start_run()
+        with DeviceTimer(self.device) as timer:
+            token = self.prefill(prompt)
+        result = _Run([token], timer.ms)
+        tick(1)
+        for _ in range(tokens - 1):
+            with DeviceTimer(self.device) as timer:
+                token = self.step()
+            result.add(token, timer.ms, self.tokens_processed)
+            tick(1)
+        return result
 
     def close(self) -> None:
         """Drop every buffer the path allocated."""
 
 
 class _DynamicRunner(_Runner):
-    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+    """The plain transformers loop: a ``DynamicCache`` grown by concatenation, the token read back each step."""
+
+    def start_run(self) -> None:
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
-        with DeviceTimer(self.device) as timer:
-            input_ids = torch.tensor([prompt], device=self.device)  # (1, P)
-            out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = int(out.logits[0, -1].argmax())
-        result = _Run([token], timer.ms)
-        tick(1)
-        for _ in range(tokens - 1):
-            with DeviceTimer(self.device) as timer:
-                input_ids = torch.tensor([[token]], device=self.device)  # (1, 1)
-                out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                token = int(out.logits[0, -1].argmax())
-            result.add(token, timer.ms, 1)
-            tick(1)
-        return result
+        self.cache = DynamicCache(config=self.model.config)
+
+    def _feed(self, ids: list[int]) -> int:
+        input_ids = torch.tensor([ids], device=self.device)  # (1, new)
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.token = int(out.logits[0, -1].argmax())
+        return self.token
+
+    def prefill(self, prompt: list[int]) -> int:
+        return self._feed(prompt)
+
+    def step(self) -> int:
+        return self._feed([self.token])
+
+    def close(self) -> None:
+        self.cache = None
 
 
 class _StepperRunner(_Runner):
@@ -168,21 +197,22 @@ class _StepperRunner(_Runner):
         super().__init__(loaded, config)
         self.naive = naive
 
-    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+    def start_run(self) -> None:
         if self.naive:
-            stepper = NaiveStepper(self.loaded, Sampling(), capture_attention=False)
+            self.stepper = NaiveStepper(self.loaded, Sampling(), capture_attention=False)
         else:
-            stepper = Stepper(self.loaded, Sampling(), capture_attention=False, record_kv=False)
-        with DeviceTimer(self.device) as timer:
-            record = stepper.prefill(prompt)
-        result = _Run([record.token_id], timer.ms)
-        tick(1)
-        for _ in range(tokens - 1):
-            with DeviceTimer(self.device) as timer:
-                record = stepper.step()
-            result.add(record.token_id, timer.ms, record.tokens_processed)
-            tick(1)
-        return result
+            self.stepper = Stepper(self.loaded, Sampling(), capture_attention=False, record_kv=False)
+
+    def prefill(self, prompt: list[int]) -> int:
+        return self.stepper.prefill(prompt).token_id
+
+    def step(self) -> int:
+        record = self.stepper.step()
+        self.tokens_processed = record.tokens_processed
+        return record.token_id
+
+    def close(self) -> None:
+        self.stepper = None
 
 
 class _StaticRunner(_Runner):
@@ -200,6 +230,10 @@ class _StaticRunner(_Runner):
         out = self.model(input_ids=self.next_id, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))  # (1, 1)
 
+    def start_run(self) -> None:
+        # Zeroing in place keeps the buffers' addresses, which a captured graph depends on.
+        self.cache.reset()
+
     def prefill(self, prompt: list[int]) -> int:
         input_ids = torch.tensor([prompt], device=self.device)  # (1, P)
         out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
@@ -209,20 +243,6 @@ class _StaticRunner(_Runner):
     def step(self) -> int:
         self.decode_once()
         return int(self.next_id)
-
-    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
-        # Zeroing in place keeps the buffers' addresses, which a captured graph depends on.
-        self.cache.reset()
-        with DeviceTimer(self.device) as timer:
-            token = self.prefill(prompt)
-        result = _Run([token], timer.ms)
-        tick(1)
-        for _ in range(tokens - 1):
-            with DeviceTimer(self.device) as timer:
-                token = self.step()
-            result.add(token, timer.ms, 1)
-            tick(1)
-        return result
 
     def close(self) -> None:
         self.cache = None
@@ -256,7 +276,7 @@ class _GraphRunner(_StaticRunner):
             # off so that exactly one graph, ours, is replayed.
             step_fn = torch.compile(self.decode_once, mode="max-autotune-no-cudagraphs", dynamic=False)
         # The prefill allocates the cache buffers (lazily, at their first update); capture needs them to exist.
-        self.cache.reset()
+        self.start_run()
         self.prefill(prompt)
         # Warm up on a side stream, as capture requires (cuBLAS workspaces, compilation, allocator pools).
         stream = torch.cuda.Stream(self.device)
@@ -282,7 +302,10 @@ class _GraphRunner(_StaticRunner):
 
 
 class _GenerateRunner(_Runner):
-    """transformers ``generate()``, greedy, never stopping early: an empty EOS list keeps it to exactly N tokens."""
+    """transformers ``generate()``, greedy, never stopping early: an empty EOS list keeps it to exactly N tokens.
+
+    The one path with its own ``run``: ``generate()`` returns only when done, so it is timed as a whole.
+    """
 
     def _generate(self, input_ids: torch.Tensor, tokens: int) -> torch.Tensor:
         pad = self.loaded.tokenizer.pad_token_id
