@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from kvviz import report
 from kvviz.bench_results import PATHS, BenchConfig, BenchResult
 from kvviz.errors import InputError, KvvizError
 from kvviz.kv_formula import (
@@ -178,7 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def format_bench_table(result: BenchResult) -> str:
-    """The CLI's report: one line per path, then the fit, the crossover and the bandwidth used."""
+    """The CLI's report: one line per path, then what ``kvviz.report`` says about the result."""
     env, config = result.environment, result.config
     marks = [config.prompt_tokens + k for k in (10, 100, config.tokens - 1) if 1 <= k <= config.tokens - 1]
     marks = sorted(set(marks))
@@ -194,7 +195,7 @@ def format_bench_table(result: BenchResult) -> str:
     ]
     for path in result.paths:
         if not path.ok:
-            lines.append(f"{path.path:9s} {path.status}: {path.reason}")
+            lines.append(report.path_status_sentence(path))
             continue
         spread = path.ms_per_token
         at = [path.steps.ms_at(m) for m in marks]
@@ -209,38 +210,13 @@ def format_bench_table(result: BenchResult) -> str:
             + (f"{speedup:7.1f}x" if speedup is not None else f"{'-':>8s}")
             + f"  {match}" + (f" ({path.reason})" if path.reason else "")
         )
-    fit = result.naive_fit()
-    if fit is not None:
-        lines.append(f"# naive cumulative time over n new tokens ~ a*n + b*n^2: a = {fit.a:.2f} ms, "
-                     f"b = {fit.b:.4f} ms, R^2 = {fit.r2:.4f}")
-    step_fit = result.naive_step_fit()
-    if step_fit is not None:
-        lines.append(f"# naive ms per step ~ c + d*position: c = {step_fit.intercept:.2f} ms, "
-                     f"d = {step_fit.slope:.4f} ms/token, R^2 = {step_fit.r2:.4f}"
-                     + ("  (no growth measured)" if step_fit.slope <= 0 else ""))
-    for name in ("dynamic", "kvviz", "static", "graphs"):
-        sentence = result.crossover_sentence(name)
-        if sentence is not None:
-            lines.append(f"# {sentence}")
-        growth = result.growth(name)
-        if growth is not None:
-            lines.append(f"# {name}: last 10 steps / steps 5-15 = {growth:.2f}x")
-    peak = result.peak
-    lines.append(f"# peak memory bandwidth {peak.memory_bytes_per_s / 1e9:.1f} GB/s ({peak.memory_source}); "
-                 f"compute {peak.flops_per_s / 1e9:.0f} GFLOP/s ({peak.flops_source})")
-    for path in result.measured:
-        if len(path.steps):
-            used = path.steps.bytes_moved[-1] / (path.steps.median_ms[-1] / 1000.0) / peak.memory_bytes_per_s
-            lines.append(f"# {path.path}: last step moves {path.steps.bytes_moved[-1] / 2**20:.0f} MiB, "
-                         f"{used:.0%} of peak bandwidth")
-    if env.busy:
-        lines.append(f"# WARNING: the machine's load ({env.load_average:.1f}) exceeded its {env.cpus} CPUs when this "
-                     "started: other work competed for them and the times are inflated and noisy")
-    noise = result.noise_sentence()
-    if noise is not None:
-        lines.append(f"# WARNING: {noise}")
-    if not result.all_match:
-        lines.append(f"# WARNING: not every path chose the same tokens as {result.reference_path} (see 'tokens')")
+    growth = report.naive_growth_sentence(result)
+    if growth is not None:
+        lines.append(f"# {growth}")
+    sentences = [*report.crossover_sentences(result), *report.growth_sentences(result),
+                 report.peak_sentence(result), *report.bandwidth_sentences(result)]
+    lines.extend(f"# {sentence}" for sentence in sentences)
+    lines.extend(f"# WARNING: {warning}" for warning in report.warnings(result))
     if not result.complete:
         lines.append("# stopped early: figures cover the runs that finished")
     lines.append(f"# wall time {result.wall_seconds:.1f} s (warm-ups, setup and device measurement included)")

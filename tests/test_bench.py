@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from kvviz import report
 from kvviz.bench import BenchProgress, benchmark_prompt, parse_paths, run_benchmark
 from kvviz.bench_results import (
     FORMAT, PATHS, BenchConfig, BenchResult, DevicePeak, Environment, PathResult, Spread, StepSeries, check_tokens,
@@ -238,7 +239,7 @@ def test_naive_fit_and_crossover_on_synthetic_steps():
     step_fit = result.naive_step_fit()  # per step: 20 + 0.5·position exactly
     assert step_fit.intercept == pytest.approx(20.0) and step_fit.slope == pytest.approx(0.5)
     assert summary["naive_step_fit"]["slope_ms_per_token"] == pytest.approx(0.5)
-    assert "0.500 ms per token of context" in result.naive_growth_sentence()
+    assert "0.500 ms per token of context" in report.naive_growth_sentence(result)
 
 
 def test_a_flat_naive_run_says_no_quadratic_growth_was_measured():
@@ -251,7 +252,7 @@ def test_a_flat_naive_run_says_no_quadratic_growth_was_measured():
                       _path("dynamic", ids, [30.0] * (tokens - 1), prompt)), tokens, prompt)
     assert result.naive_fit().r2 > 0.99  # the cumulative fit alone would look convincing
     assert result.naive_step_fit().slope < 0
-    assert result.naive_growth_sentence().startswith("No quadratic growth measured")
+    assert report.naive_growth_sentence(result).startswith("No quadratic growth measured")
 
 
 # ----- JSON format ----------------------------------------------------------------------------------------------
@@ -447,12 +448,33 @@ def test_runs_that_disagree_are_flagged_and_steady_ones_are_not():
     steady = replace(_path("dynamic", ids), runs=3, ms_per_token=Spread(2.0, 1.9, 2.2))
     noisy = replace(_path("kvviz", ids), runs=3, ms_per_token=Spread(17.27, 2.63, 22.71))
     single = replace(_path("naive", ids), runs=1, ms_per_token=Spread(50.0, 50.0, 50.0))
-    assert _result((single, steady), 4).noise_sentence() is None
+    assert report.noise_sentence(_result((single, steady), 4)) is None
     result = _result((single, steady, noisy), 4)
     assert [p.path for p in result.noisy_paths()] == ["kvviz"]
-    sentence = result.noise_sentence()
+    sentence = report.noise_sentence(result)
     assert sentence.startswith("Runs disagree: kvviz's 3 runs 2.63–22.71 ms/token (8.6×).")
     assert "dynamic" not in sentence
+
+
+def test_the_cli_table_says_what_the_report_module_says():
+    """The Speed page shows report.warnings / crossover_sentences; the CLI's table must carry the same words."""
+    from dataclasses import replace
+
+    from kvviz.cli import format_bench_table
+
+    ids = (1, 2, 3, 4)
+    naive = _path("naive", ids, ms=[5.0, 6.0, 7.0])
+    noisy = replace(_path("kvviz", (1, 2, 9, 4)), runs=3, ms_per_token=Spread(3.0, 1.0, 9.0))
+    paths, reference = check_tokens((naive, _path("dynamic", ids), noisy))
+    result = replace(_result(paths, 4), reference_path=reference)
+    table = format_bench_table(result)
+    warnings = report.warnings(result)
+    assert len(warnings) == 2 and warnings[1].startswith("Not every path chose the same tokens as dynamic")
+    for sentence in warnings:
+        assert f"# WARNING: {sentence}" in table
+    for sentence in [*report.crossover_sentences(result), report.peak_sentence(result),
+                     *report.bandwidth_sentences(result)]:
+        assert f"# {sentence}" in table
 
 
 def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
@@ -470,11 +492,12 @@ def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
     # c = 3.02: the n-th naive step exceeds it from n = 26 (position prompt + n − 1 = 35); the fit's n* = 25.7.
     late = result(a=0.5, c=3.02)
     assert late.predicted_crossover_position("kvviz") == pytest.approx(prompt + 25.7 - 1)
-    assert late.crossover_sentence("kvviz") == "kvviz beats naive at every step from position 35 (the naive fit predicts 35)"
+    assert report.crossover_sentence(late, "kvviz") == (
+        "kvviz beats naive at every step from position 35 (the naive fit predicts 35)")
     # Naive far slower from the start: the fit's solution lies before the first token and is clamped there.
     early = result(a=50.0, c=3.02)
     assert early.predicted_crossover_position("kvviz") == prompt
-    assert early.crossover_sentence("kvviz") == (
+    assert report.crossover_sentence(early, "kvviz") == (
         "kvviz beats naive at every step from position 11 (the naive fit agrees: naive is slower from the first token)")
     # The fit says "from the first token" but the measurement disagrees (one slow cached step late in the run):
     # the sentence gives both without calling them in agreement.
@@ -482,6 +505,6 @@ def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
     slow_end = replace(late_slow.path("kvviz"), steps=replace(
         late_slow.path("kvviz").steps, median_ms=(3.02,) * (tokens - 2) + (500.0,)))
     disagreeing = _result((late_slow.path("naive"), slow_end), tokens, prompt)
-    assert disagreeing.crossover_sentence("kvviz") == (
+    assert report.crossover_sentence(disagreeing, "kvviz") == (
         "kvviz beats naive at every step from position — (not within this run) "
         "(the naive fit has naive slower from the first token)")
