@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
+from kvviz import trace_analysis as analysis
 from kvviz.charts import step as charts
 from kvviz.charts.style import NEWEST
 from kvviz.records import Trace
@@ -97,7 +98,7 @@ def test_every_builder_handles_a_2000_token_trace(name, long_trace):
 
 def test_kv_strip_is_the_live_cache_seen_from_the_trace(stepped):
     trace, stepper = stepped
-    key_norms, value_norms, first = charts.kv_norms(trace)
+    key_norms, value_norms, first = analysis.kv_norms(trace)
     assert first == 0
     for layer, cache_layer in enumerate(stepper.cached.cache.layers):
         keys = cache_layer.keys[0].float().numpy()  # (kv_heads, T, head_dim)
@@ -121,21 +122,23 @@ def test_kv_strip_frames_the_column_appended_this_step(stepped):
 
 def test_kv_norms_window_keeps_the_latest_positions():
     trace = synthetic_trace(prompt_tokens=7, decode_steps=30, layers=2, kv_heads=1, head_dim=4)
-    full_keys, _, _ = charts.kv_norms(trace, max_columns=1000)
-    keys, _, first = charts.kv_norms(trace, max_columns=10)
+    full_keys, _, _ = analysis.kv_norms(trace, max_columns=1000)
+    keys, _, first = analysis.kv_norms(trace, max_columns=10)
     assert first == 27 and keys.shape == (2, 10)
     np.testing.assert_array_equal(keys, full_keys[:, 27:])
 
 
-def test_vector_lengths_are_remembered_only_while_their_records_live():
+def test_vector_lengths_are_remembered_only_while_their_trace_lives():
     trace = synthetic_trace(prompt_tokens=5, decode_steps=3, layers=2, kv_heads=1, head_dim=4, seed=1)
-    first = charts.kv_norms(trace)
-    assert all(id(record) in charts._NORM_MEMO for record in trace.records)
-    np.testing.assert_array_equal(charts.kv_norms(trace)[0], first[0])  # the memo answers the same
-    ids = [id(record) for record in trace.records]
-    del trace, first
+    first = analysis.kv_norms(trace)
+    remembered = analysis.memo_of(trace).get(("record norms",), dict)
+    assert sorted(remembered) == list(range(len(trace.records)))  # one entry per record, computed once
+    np.testing.assert_array_equal(analysis.kv_norms(trace)[0], first[0])  # the memo answers the same
+    key = id(trace)
+    assert key in analysis._MEMOS
+    del trace, first, remembered
     gc.collect()
-    assert not any(key in charts._NORM_MEMO for key in ids)
+    assert key not in analysis._MEMOS
 
 
 def test_cache_bytes_sit_on_the_formula_line(stepped):

@@ -5,18 +5,16 @@ names the model, device and dtype it was measured on, in the house layout of ``k
 accepts an empty trace (it then says what to press) and stays quick on a 2,000-token trace: per-position heatmaps
 draw at most ``MAX_COLUMNS`` of the latest positions and say so. The page redraws its figures after every token,
 so they are assembled as plain dicts and handed to Plotly once, unvalidated (validation would cost ~10 ms per
-chart); the tests validate every builder's output instead. The helpers that gather arrays out of the records
-(``kv_norms``, ``newest_attention``) live here too because only these figures need them.
+chart); the tests validate every builder's output instead.
 
-What it does not do: run the model, import Streamlit, or keep state between calls (beyond a memo of per-record
-vector lengths that lives exactly as long as the records).
+What it does not do: analyse the trace (``kvviz.trace_analysis`` gathers the arrays: vector lengths, the newest
+query's attention, the head groups), run the model, import Streamlit, or keep state between calls.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +29,8 @@ from kvviz.kv_formula import (
     ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes, precision_of_torch_dtype, spec_from_windows,
 )
 from kvviz.records import StepRecord, Trace
+from kvviz.trace_analysis import MAX_COLUMNS, appended_positions, kv_norms, latest, newest_attention, query_groups
 
-# A heatmap wider than this many positions is unreadable on a laptop and slow to ship to the browser.
-MAX_COLUMNS = 512
 MIB = 1024 * 1024
 # Heatmap scales that fade to transparent at zero, so they read on a light and on a dark background.
 _KEYS_SCALE = [[0.0, "rgba(0,158,115,0.04)"], [1.0, KEYS]]
@@ -59,10 +56,6 @@ def position_labels(trace: Trace, start: int = 0, stop: int | None = None) -> li
 def note(trace: Trace) -> str:
     """What a figure was measured on."""
     return measured_on(trace.model, trace.device, trace.dtype)
-
-
-def latest(trace: Trace) -> StepRecord | None:
-    return trace.records[-1] if trace.records else None
 
 
 @dataclass(frozen=True)
@@ -147,85 +140,6 @@ def format_bytes(count: float) -> str:
         if count >= size:
             return f"{count / size:,.2f} {unit}"
     return f"{count:,.0f} B"
-
-
-def appended_positions(record: StepRecord | None) -> tuple[int, int]:
-    """[start, stop) of the context positions the latest call appended to the cache."""
-    if record is None:
-        return (0, 0)
-    stop = record.sequence_length
-    return (stop - len(record.new_ids), stop)
-
-
-def _record_norms(record: StepRecord) -> np.ndarray:
-    """``(2, layers, new)``: lengths of the key and value vectors one record appended, computed once per record.
-
-    The page redraws the K/V strip after every token; remembering each record's lengths (records are immutable)
-    makes a redraw cost one new record instead of the whole trace. The memo entry goes when the record does.
-    """
-    key = id(record)
-    entry = _NORM_MEMO.get(key)
-    if entry is not None and entry[0]() is record:
-        return entry[1]
-    rows = np.stack([np.stack([k for k, _ in record.kv_rows]), np.stack([v for _, v in record.kv_rows])])
-    rows = rows.astype(np.float32)  # (2, layers, kv_heads, new, head_dim); NumPy's float16 maths is slow
-    norms = np.sqrt(np.einsum("plknd,plknd->pln", rows, rows))
-    _NORM_MEMO[key] = (weakref.ref(record, lambda _, key=key: _NORM_MEMO.pop(key, None)), norms)
-    return norms
-
-
-_NORM_MEMO: dict[int, tuple[weakref.ref, np.ndarray]] = {}
-
-
-def kv_norms(trace: Trace, max_columns: int = MAX_COLUMNS) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Length of each cached key and value vector (L2 over KV heads and dims), per layer and position.
-
-    Returns ``(key_norms, value_norms, first_position)``, each array ``(layers, positions)`` covering at most the
-    latest ``max_columns`` positions, which start at ``first_position``. ``None`` when no record carries
-    ``kv_rows`` (the stepper was built without ``record_kv``).
-    """
-    records = trace.records
-    if not records or not all(r.kv_rows for r in records):
-        return None
-    total = sum(len(r.new_ids) for r in records)
-    first_position = max(total - max_columns, 0)
-    # Only the records that reach into the window are touched, so a long trace costs no more than a short one.
-    kept: list[StepRecord] = []
-    position = total
-    for record in reversed(records):
-        kept.append(record)
-        position -= len(record.new_ids)
-        if position <= first_position:
-            break
-    kept.reverse()
-    skip = first_position - position  # positions of the first kept record that fall before the window
-    norms = np.concatenate([_record_norms(r) for r in kept], axis=2)[:, :, skip:]  # (2, layers, positions)
-    return norms[0], norms[1], first_position
-
-
-def newest_attention(trace: Trace, max_columns: int = MAX_COLUMNS) -> tuple[np.ndarray, int] | None:
-    """The newest query's attention weights, ``(layers, query_heads, positions)``, and the first position shown.
-
-    The newest query is the last token fed to the model (the last prompt token after a prefill). Layers whose
-    cache holds fewer positions (a sliding window) are right-aligned and padded with NaN.
-    """
-    record = latest(trace)
-    if record is None or not record.attention:
-        return None
-    length = record.sequence_length
-    first_position = max(length - max_columns, 0)
-    width = length - first_position
-    rows = np.full((len(record.attention), record.attention[0].shape[0], width), np.nan, dtype=np.float32)
-    for layer, weights in enumerate(record.attention):  # weights: (q_heads, q_len, kv_len)
-        last_row = weights[:, -1, :].astype(np.float32)[:, -width:]
-        rows[layer, :, width - last_row.shape[1]:] = last_row
-    return rows, first_position
-
-
-def query_groups(query_heads: int, kv_heads: int) -> list[int]:
-    """The KV head each query head reads (grouped-query attention: consecutive query heads share one)."""
-    per_group = max(query_heads // max(kv_heads, 1), 1)
-    return [head // per_group for head in range(query_heads)]
 
 
 PRESS_PREFILL = "Press Prefill to feed the prompt."

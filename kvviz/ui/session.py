@@ -18,6 +18,7 @@ from kvviz.errors import InputError, KvvizError
 from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
 from kvviz.stepper import CompareStepper, Sampling, Stepper
+from kvviz.trace_analysis import memo_of
 
 _KEY = "kvviz_session"
 # Attention rows a session keeps (float16; SmolLM2 holds 540·T bytes per step, so ~1,000 tokens fill this). Past it,
@@ -37,8 +38,6 @@ class SessionTrace:
     stepper: Stepper | CompareStepper | None = None
     trace: Trace | None = None
     play_remaining: int = 0  # tokens Play still has to generate; 0 when not playing
-    # (trace, its captured prefix): one prefix object per trace, so per-trace memos on the Attention page hold.
-    _captured: tuple[Trace, Trace] | None = field(default=None, repr=False)
     message: tuple[MessageLevel, str] | None = None  # the outcome of the last action, shown until the next one
 
     def clear(self) -> None:
@@ -54,10 +53,9 @@ class SessionTrace:
         captured = self.trace.with_attention()
         if captured is self.trace:
             return captured
-        # Once capture has stopped it stays off for this trace, so its captured part no longer changes.
-        if self._captured is None or self._captured[0] is not self.trace:
-            self._captured = (self.trace, captured)
-        return self._captured[1]
+        # Once capture has stopped it stays off for this trace, so its captured part no longer changes: one object
+        # for it, remembered with the trace, so that the memos kept with that part hold from render to render.
+        return memo_of(self.trace).get(("captured part", len(captured.records)), lambda: captured)
 
     def capture_stopped_at(self) -> int | None:
         """Tokens in the context when attention capture stopped at the budget; None while it has not."""
