@@ -62,18 +62,6 @@ def trace_length(trace: Trace) -> int:
     return trace.records[-1].sequence_length if trace.records else 0
 
 
-def kv_head_of(card: ModelCard, query_head: int) -> int:
-    """The KV head that query head ``query_head`` reads (grouped-query attention shares one among a group)."""
-    return query_head // card.queries_per_kv_head
-
-
-def query_heads_sharing(card: ModelCard, query_head: int) -> list[int]:
-    """Every query head that reads the same KV head as ``query_head`` (itself included)."""
-    group = kv_head_of(card, query_head)
-    per = card.queries_per_kv_head
-    return list(range(group * per, (group + 1) * per))
-
-
 def _placement(record: StepRecord, layer: int) -> tuple[np.ndarray, int, int]:
     """The record's rows for ``layer`` with where they go: (rows (H, q, kv), first query position, first key column).
 

@@ -46,7 +46,7 @@ from kvviz.bench_results import (
     PATH_LABELS, PATHS, BenchConfig, BenchResult, Environment, PathResult, Spread, StepSeries, check_tokens,
 )
 from kvviz.costs import forward_flops
-from kvviz.errors import InputError
+from kvviz.errors import InputError, first_line
 from kvviz.kv_formula import ModelSpec, Precision, precision_of_torch_dtype
 from kvviz.models import LoadedModel
 from kvviz.roofline import device_name, device_peak, step_bytes, weight_bytes_read
@@ -474,7 +474,7 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
                 except Exception as error:  # noqa: BLE001 - reported as the path's result, see FRAGILE_PATHS
                     if name not in FRAGILE_PATHS or isinstance(error, _Stopped):
                         raise
-                    state.status, state.reason = "failed", _one_line(error)
+                    state.status, state.reason = "failed", _failure(error)
                 if state.status != "ok" and name in runners:
                     runners.pop(name).close()
             for repeat in range(max(config.runs_for(p) for p in config.paths)):
@@ -490,7 +490,7 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
                     except Exception as error:  # noqa: BLE001 - see FRAGILE_PATHS
                         if name not in FRAGILE_PATHS:
                             raise
-                        state.status, state.reason = "failed", _one_line(error)
+                        state.status, state.reason = "failed", _failure(error)
                         runners.pop(name).close()
                         continue
                     work.report(f"{name}: finished {work.phase}", partial=assemble(complete=False))
@@ -502,9 +502,10 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
     return assemble(complete)
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+def _failure(error: BaseException) -> str:
+    """A failed path's reason: the exception's type and the first line of its message."""
+    name, line = type(error).__name__, first_line(error, limit=300)
+    return line if line == name else f"{name}: {line}"
 
 
 def _path_result(state: _PathState, config: BenchConfig, loaded: LoadedModel) -> PathResult:

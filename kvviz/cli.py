@@ -79,22 +79,19 @@ def _add_step_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _step(args: argparse.Namespace) -> int:
     from kvviz.models import load_model
-    from kvviz.records import Trace
-    from kvviz.stepper import CompareStepper, Sampling, Stepper, encode_prompt
+    from kvviz.stepper import Sampling
+    from kvviz.tracing import start_trace
 
     if not args.prompt.strip():
         raise KvvizError("The prompt is empty: pass --prompt with some text.")
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
     sampling.validate()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    options = dict(sampling=sampling, capture_attention=False, max_new_tokens=args.tokens)
-    stepper = CompareStepper(loaded, **options) if args.compare else Stepper(loaded, **options)
-    trace = Trace(model=loaded.key, device=str(loaded.device), dtype=loaded.dtype_name)
-    prompt_ids = encode_prompt(loaded, args.prompt, chat_template=args.chat)
-    record = stepper.prefill(prompt_ids)
-    trace.append(record)
+    stepper, trace = start_trace(loaded, args.prompt, compare=args.compare, sampling=sampling,
+                                 capture_attention=False, max_new_tokens=args.tokens, chat_template=args.chat)
+    record = trace.records[-1]
     if not args.json:
-        print(f"# {loaded.card.name} on {loaded.device} ({loaded.dtype_name}); prompt {len(prompt_ids)} tokens; "
+        print(f"# {loaded.card.name} on {loaded.device} ({loaded.dtype_name}); prompt {trace.prompt_tokens} tokens; "
               "step 0 is the prefill")
         print(f"{'step':>4} {'token':>16} {'cache_len':>9} {'cache_bytes':>12} {'ms_cached':>9} "
               f"{'ms_naive':>9} {'match':>5}")

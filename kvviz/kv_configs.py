@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from kvviz.errors import InputError
+from kvviz.errors import InputError, first_line
 from kvviz.kv_formula import LayerGroup, ModelSpec, group_layers, spec_from_windows
 
 
@@ -117,7 +117,7 @@ def config_from_dict(values: dict[str, Any]) -> Any:
     try:
         return CONFIG_MAPPING[model_type].from_dict(dict(values))
     except (TypeError, ValueError, KeyError, ArithmeticError) as error:  # e.g. 0 heads: a division by zero
-        raise InputError(f"transformers rejected this '{model_type}' config ({_first_line(error)}).") from None
+        raise InputError(f"transformers rejected this '{model_type}' config ({first_line(error)}).") from None
 
 
 def spec_from_config_text(text: str, parameters: int | None = None) -> ModelSpec:
@@ -133,7 +133,7 @@ def spec_from_config_text(text: str, parameters: int | None = None) -> ModelSpec
     try:
         return spec_from_config(config, key="config", name=name, source="pasted config.json", parameters=parameters)
     except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as error:
-        raise InputError(f"Cannot read the attention geometry of this config ({_first_line(error)}).") from None
+        raise InputError(f"Cannot read the attention geometry of this config ({first_line(error)}).") from None
 
 
 def spec_from_config_path(path: str | Path, parameters: int | None = None) -> ModelSpec:
@@ -145,15 +145,10 @@ def spec_from_config_path(path: str | Path, parameters: int | None = None) -> Mo
     try:
         text = config_file.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"Cannot read '{config_file}' ({_first_line(error)}).") from None
+        raise InputError(f"Cannot read '{config_file}' ({first_line(error)}).") from None
     spec = spec_from_config_text(text, parameters)
     name = location.name if location.is_dir() else location.parent.name or spec.name
     return replace(spec, key=name, name=name, source=str(config_file))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:160] if text else type(error).__name__
 
 
 # ----- presets --------------------------------------------------------------------------------------------------

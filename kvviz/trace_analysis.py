@@ -82,10 +82,22 @@ def appended_positions(record: StepRecord | None) -> tuple[int, int]:
     return (stop - len(record.new_ids), stop)
 
 
+def kv_head_of(query_head: int, queries_per_kv_head: int) -> int:
+    """The KV head that ``query_head`` reads: grouped-query attention gives each run of ``queries_per_kv_head``
+    consecutive query heads one KV head (1 query head per KV head in multi-head attention)."""
+    return query_head // max(queries_per_kv_head, 1)
+
+
+def query_heads_sharing(query_head: int, queries_per_kv_head: int) -> list[int]:
+    """Every query head that reads the same KV head as ``query_head`` (itself included)."""
+    group = kv_head_of(query_head, queries_per_kv_head)
+    return list(range(group * queries_per_kv_head, (group + 1) * queries_per_kv_head))
+
+
 def query_groups(query_heads: int, kv_heads: int) -> list[int]:
-    """The KV head each query head reads (grouped-query attention: consecutive query heads share one)."""
+    """The KV head each query head reads, for every query head."""
     per_group = max(query_heads // max(kv_heads, 1), 1)
-    return [head // per_group for head in range(query_heads)]
+    return [kv_head_of(head, per_group) for head in range(query_heads)]
 
 
 # ----- cache and attention arrays --------------------------------------------------------------------------------

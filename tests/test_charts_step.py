@@ -16,7 +16,7 @@ import pytest
 
 from kvviz import trace_analysis as analysis
 from kvviz.charts import step as charts
-from kvviz.charts.style import NEWEST
+from kvviz.charts.style import NEWEST, NEWLINE, token_label
 from kvviz.records import Trace
 from kvviz.stepper import CompareStepper
 from synthetic import synthetic_trace
@@ -214,9 +214,12 @@ def test_timing_keeps_the_prefill_apart_and_sums_the_steps(stepped):
 
 
 def test_token_labels_make_whitespace_visible():
-    assert charts.token_label(" Paris") == "␣Paris"
-    assert charts.token_label("\n") == "⏎"
-    assert charts.token_label("") == "∅"
+    assert token_label(" Paris") == "␣Paris"
+    assert token_label("\n") == "⏎" == NEWLINE
+    assert token_label("") == "∅"
+    # Axes that cannot spare a glyph per space mark spaces only in a token of spaces; newlines look the same.
+    assert token_label(" the\n", mark_spaces=False) == " the⏎"
+    assert token_label("  ", mark_spaces=False) == "␣␣"
 
 
 def test_a_sliding_window_cache_sits_on_the_formula_line_after_the_window_fills():

@@ -22,29 +22,22 @@ import numpy as np
 import plotly.graph_objects as go
 
 from kvviz.charts.style import (
-    CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, SEQUENTIAL, VALUES, base_layout, measured_on,
+    CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, SEQUENTIAL, VALUES, base_layout, measured_on, token_label,
 )
 from kvviz.errors import InputError
-from kvviz.kv_formula import (
-    ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes, precision_of_torch_dtype, spec_from_windows,
+from kvviz.kv_formula import (  # format_bytes: the Step through page writes its byte counts with it
+    MIB, ModelSpec, Precision, format_bytes, kv_bytes_per_token, kv_cache_bytes, precision_of_torch_dtype,
+    spec_from_windows,
 )
 from kvviz.records import StepRecord, Trace
 from kvviz.trace_analysis import MAX_COLUMNS, appended_positions, kv_norms, latest, newest_attention, query_groups
 
-MIB = 1024 * 1024
 # Heatmap scales that fade to transparent at zero, so they read on a light and on a dark background.
 _KEYS_SCALE = [[0.0, "rgba(0,158,115,0.04)"], [1.0, KEYS]]
 _VALUES_SCALE = [[0.0, "rgba(204,121,167,0.04)"], [1.0, VALUES]]
 
 
 # ----- small helpers ------------------------------------------------------------------------------------------------
-
-def token_label(text: str) -> str:
-    """A token's text made visible on an axis: spaces as ␣, newlines as ⏎, tabs as ⇥, empty as ∅."""
-    if text == "":
-        return "∅"
-    return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥").replace("\r", "")
-
 
 def position_labels(trace: Trace, start: int = 0, stop: int | None = None) -> list[str]:
     """Unique category labels ``"12 ␣Paris"`` for positions ``start..stop`` of the trace's context."""
@@ -133,13 +126,6 @@ def cache_geometry(record: StepRecord | None) -> CacheGeometry | None:
 def shape_text(shape: tuple[int, ...]) -> str:
     """``[1, 3, 46, 64]``: the tensor shape written as transformers holds it."""
     return "[" + ", ".join(str(size) for size in shape) + "]"
-
-
-def format_bytes(count: float) -> str:
-    for unit, size in (("GiB", 1024**3), ("MiB", MIB), ("KiB", 1024)):
-        if count >= size:
-            return f"{count / size:,.2f} {unit}"
-    return f"{count:,.0f} B"
 
 
 PRESS_PREFILL = "Press Prefill to feed the prompt."

@@ -18,10 +18,11 @@ from kvviz import attention_matrix as am
 from kvviz import heads as hd
 from kvviz.charts import attention as charts
 from kvviz.charts.style import measured_on
+from kvviz.kv_formula import format_bytes
 from kvviz.models import LoadedModel, ModelCard
 from kvviz.records import Trace
 from kvviz.stepper import Sampling, encode_prompt, new_tokens_room
-from kvviz.trace_analysis import memo_of
+from kvviz.trace_analysis import kv_head_of, memo_of, query_heads_sharing
 from kvviz.ui.session import SessionTrace, prefill, step
 
 _PROBES_KEY = "kvviz_attention_probes"
@@ -41,9 +42,9 @@ def loaded_model(session: SessionTrace) -> LoadedModel | None:
 
 def head_label(card: ModelCard, head: int) -> str:
     """'head 4 · KV head 1 (shared with 3, 5)': grouped-query attention made visible in the head picker."""
-    others = [h for h in am.query_heads_sharing(card, head) if h != head]
+    others = [h for h in query_heads_sharing(head, card.queries_per_kv_head) if h != head]
     shared = f" (shared with {', '.join(map(str, others))})" if others else ""
-    return f"head {head} · KV head {am.kv_head_of(card, head)}{shared}"
+    return f"head {head} · KV head {kv_head_of(head, card.queries_per_kv_head)}{shared}"
 
 
 def build_head_figure(trace: Trace, layer: int, head: int, how: str) -> go.Figure:
@@ -159,15 +160,6 @@ def finding_sentence(scores: hd.HeadScores, measure: str) -> str:
 def token_view(trace: Trace, layer: int, head: int, query: int, skip_first: bool) -> str:
     row = am.attention_row(trace, layer, head, query)
     return charts.token_view_html(trace.token_texts(), row, query, trace.prompt_tokens, skip_first)
-
-
-def format_bytes(count: float) -> str:
-    """Bytes in the binary unit that keeps 1 to 3 digits before the point."""
-    for unit in ("B", "KiB", "MiB"):
-        if count < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.2f} GiB"
 
 
 def memory_summary(trace: Trace, card: ModelCard) -> dict[str, str]:

@@ -18,6 +18,7 @@ from kvviz.errors import InputError, KvvizError
 from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
 from kvviz.stepper import CompareStepper, Sampling, Stepper
+from kvviz.tracing import start_trace
 from kvviz.trace_analysis import memo_of
 
 _KEY = "kvviz_session"
@@ -78,16 +79,13 @@ def get_session() -> SessionTrace:
 def prefill(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_template: bool, compare: bool,
             sampling: Sampling, max_new_tokens: int, record_kv: bool = True) -> StepRecord:
     """Start a new trace: build this session's stepper and run the prefill (raises ``KvvizError`` on bad input)."""
-    options = dict(sampling=sampling, capture_attention=True, record_kv=record_kv, max_new_tokens=max_new_tokens)
-    stepper = CompareStepper(loaded, **options) if compare else Stepper(loaded, **options)
-    record = stepper.prefill(prompt, chat_template=chat_template)
+    stepper, trace = start_trace(loaded, prompt, compare=compare, sampling=sampling, capture_attention=True,
+                                 record_kv=record_kv, max_new_tokens=max_new_tokens, chat_template=chat_template)
     session.model_key = loaded.key
     session.settings = dict(prompt=prompt, chat_template=chat_template, compare=compare, sampling=sampling,
                             max_new_tokens=max_new_tokens)
-    session.stepper = stepper
-    session.trace = Trace(model=loaded.card.name, device=str(loaded.device), dtype=loaded.dtype_name)
-    session.trace.append(record)
-    return record
+    session.stepper, session.trace = stepper, trace
+    return trace.records[-1]
 
 
 def step(session: SessionTrace) -> StepRecord:

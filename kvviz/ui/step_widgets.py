@@ -13,9 +13,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from kvviz.charts.step import cache_geometry, format_bytes, shape_text, token_label
-from kvviz.charts.style import GENERATED, NEWEST, PROMPT
+from kvviz.charts.step import cache_geometry, shape_text
+from kvviz.charts.style import GENERATED, NEWEST, PROMPT, token_label
 from kvviz.errors import KvvizError
+from kvviz.kv_formula import format_bytes
 from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
 from kvviz.stepper import encode_prompt
