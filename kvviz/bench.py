@@ -225,19 +225,21 @@ class _StaticRunner(_Runner):
         self.cache = StaticCache(config=self.model.config, max_cache_len=config.prompt_tokens + config.tokens)
         self.next_id = torch.zeros((1, 1), dtype=torch.long, device=self.device)  # (1, 1)
 
+    def _feed(self, input_ids: torch.Tensor) -> None:
+        """Run ``input_ids`` through the model and write the greedy choice into ``next_id``."""
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))  # (1, 1)
+
     def decode_once(self) -> None:
         """Feed ``next_id`` and write the greedy choice back into it: no host round trip, so it can be captured."""
-        out = self.model(input_ids=self.next_id, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))  # (1, 1)
+        self._feed(self.next_id)
 
     def start_run(self) -> None:
         # Zeroing in place keeps the buffers' addresses, which a captured graph depends on.
         self.cache.reset()
 
     def prefill(self, prompt: list[int]) -> int:
-        input_ids = torch.tensor([prompt], device=self.device)  # (1, P)
-        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))
+        self._feed(torch.tensor([prompt], device=self.device))  # (1, P)
         return int(self.next_id)
 
     def step(self) -> int:

@@ -19,7 +19,7 @@ import functools
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -91,14 +91,7 @@ def measure_memory_bandwidth(device: torch.device | str, nbytes: int = COPY_BYTE
     source = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     target = torch.empty_like(source)
     target.copy_(source)  # first touch: page faults and allocation are not bandwidth
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        target.copy_(source)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * source.nbytes / best
+    return 2.0 * source.nbytes / _best_seconds(device, lambda: target.copy_(source), repeats)
 
 
 def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype, repeats: int = 3) -> float:
@@ -109,14 +102,19 @@ def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype, repeats
     a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     torch.matmul(a, b)
+    return 2.0 * size**3 / _best_seconds(device, lambda: torch.matmul(a, b), repeats)
+
+
+def _best_seconds(device: torch.device, work: Callable[[], object], repeats: int) -> float:
+    """The shortest of ``repeats`` device-synchronised timings of ``work()``."""
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
-        torch.matmul(a, b)
+        work()
         synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+    return best
 
 
 def device_peak(device: torch.device | str, dtype: torch.dtype) -> DevicePeak:

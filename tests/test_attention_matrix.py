@@ -12,20 +12,16 @@ from kvviz import attention_matrix as am
 from kvviz.charts import attention as charts
 from kvviz.models import ModelCard
 from kvviz.records import StepRecord, Trace
-from kvviz.stepper import DEFAULT_PROMPT, Stepper
+from kvviz.stepper import DEFAULT_PROMPT
 from kvviz.trace_analysis import kv_head_of, query_groups, query_heads_sharing
+from stepped import stepped_trace
 from tiny_models import sliding_mistral
 
 PROMPT = "The cat sat on the mat. The cat"
 
 
 def cached_trace(loaded, steps: int, prompt: str = PROMPT, chat_template: bool = False) -> Trace:
-    stepper = Stepper(loaded)
-    trace = Trace(model=loaded.card.name, device="cpu", dtype=loaded.dtype_name)
-    trace.append(stepper.prefill(prompt, chat_template=chat_template))
-    for _ in range(steps):
-        trace.append(stepper.step())
-    return trace
+    return stepped_trace(loaded, prompt, steps, chat_template=chat_template)[1]
 
 
 def causal_rows(rng: np.random.Generator, heads: int, queries: range, length: int) -> np.ndarray:

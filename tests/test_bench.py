@@ -194,6 +194,15 @@ def _path(name: str, tokens: tuple[int, ...], ms: list[float] | None = None, pro
                       steps=steps)
 
 
+def _linear_naive(other: str, other_ms: float, tokens: int, prompt: int, base: float, slope: float,
+                  prefill: float = 5.0) -> BenchResult:
+    """Naive steps costing ``base + slope·position`` ms beside ``other`` at a flat ``other_ms``, on the same tokens."""
+    naive_ms = [base + slope * (prompt + k) for k in range(1, tokens)]
+    ids = tuple(range(tokens))
+    return _result((_path("naive", ids, naive_ms, prompt, prefill=prefill),
+                    _path(other, ids, [other_ms] * (tokens - 1), prompt)), tokens, prompt)
+
+
 def _result(paths: tuple[PathResult, ...], tokens: int, prompt: int = 10) -> BenchResult:
     env = Environment("m", "model", "llama", 1, "cpu", "a CPU", "float32", "t", "tf", "k", "py", "os", 2, None)
     return BenchResult(env, BenchConfig(tokens=tokens, prompt_tokens=prompt), DevicePeak(1e10, "x", 1e11, "y"),
@@ -225,10 +234,7 @@ def test_naive_fit_and_crossover_on_synthetic_steps():
     # Naive token j (0 = the prefill, at position 10) costs 20 + 0.5·(10 + j) ms, so n tokens take
     # Σ (25 + 0.5·j) = 25·n + 0.25·n·(n − 1) = 24.75·n + 0.25·n². Cached steps cost 30 ms.
     prompt, tokens = 10, 101
-    naive_ms = [20.0 + 0.5 * (prompt + k) for k in range(1, tokens)]
-    ids = tuple(range(tokens))
-    result = _result((_path("naive", ids, naive_ms, prompt, prefill=20.0 + 0.5 * prompt),
-                      _path("dynamic", ids, [30.0] * (tokens - 1), prompt)), tokens, prompt)
+    result = _linear_naive("dynamic", 30.0, tokens, prompt, base=20.0, slope=0.5, prefill=20.0 + 0.5 * prompt)
     fit = result.naive_fit()
     assert fit.b == pytest.approx(0.25) and fit.a == pytest.approx(24.75) and fit.r2 == pytest.approx(1.0)
     assert result.crossover_position("dynamic") == 21  # 20 + 0.5·21 = 30.5 > 30 first at position 21
@@ -371,10 +377,7 @@ def test_every_chart_draws_each_measured_path_with_units_and_the_device(builder,
 
 def test_charts_handle_a_two_thousand_token_run():
     tokens, prompt = 2000, 16
-    naive_ms = [5.0 + 0.01 * (prompt + k) for k in range(1, tokens)]
-    ids = tuple(range(tokens))
-    result = _result((_path("naive", ids, naive_ms, prompt), _path("kvviz", ids, [4.0] * (tokens - 1), prompt)),
-                     tokens, prompt)
+    result = _linear_naive("kvviz", 4.0, tokens, prompt, base=5.0, slope=0.01)
     for builder in BUILDERS:
         fig = builder(result)
         assert fig.data

@@ -18,7 +18,7 @@ from kvviz import trace_analysis as analysis
 from kvviz.charts import step as charts
 from kvviz.charts.style import NEWEST, NEWLINE, token_label
 from kvviz.records import Trace
-from kvviz.stepper import CompareStepper
+from stepped import stepped_trace
 from synthetic import synthetic_trace
 
 BUILDERS = {
@@ -37,11 +37,7 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def stepped(tiny_llama):
     """tiny-llama after a prefill and ``STEPS`` decode steps, compared with the naive path, K/V rows recorded."""
-    stepper = CompareStepper(tiny_llama, capture_attention=True, record_kv=True)
-    trace = Trace(model="tiny-llama", device="cpu", dtype="float32")
-    trace.append(stepper.prefill("The quick brown fox"))
-    for _ in range(STEPS):
-        trace.append(stepper.step())
+    stepper, trace = stepped_trace(tiny_llama, "The quick brown fox", STEPS, compare=True, record_kv=True)
     return trace, stepper
 
 
@@ -79,7 +75,7 @@ def test_every_builder_names_its_question_units_and_what_it_ran_on(name, stepped
     assert fig.data
     question, note = title(fig).split("<br>")
     assert question.endswith("?")
-    assert note.endswith("measured on tiny-llama · cpu · float32</sup>")
+    assert note.endswith("measured on tiny-llama (random weights, seed 0) · cpu · float32</sup>")  # the card name
     assert fig.layout.xaxis.title.text
     assert fig.layout.yaxis.title.text or name == "candidates"  # its y axis is the tokens themselves
     for data in fig.data:
@@ -224,14 +220,9 @@ def test_token_labels_make_whitespace_visible():
 
 def test_a_sliding_window_cache_sits_on_the_formula_line_after_the_window_fills():
     """Mistral-style layers with a window of 8 hold at most 7 tokens between calls: the line bends there."""
-    from kvviz.stepper import Stepper
     from tiny_models import sliding_mistral
 
-    stepper = Stepper(sliding_mistral(window=8))
-    trace = Trace(model="tiny-mistral", device="cpu", dtype="float32")
-    trace.append(stepper.prefill("abc"))
-    for _ in range(12):
-        trace.append(stepper.step())
+    _, trace = stepped_trace(sliding_mistral(window=8), "abc", 12)
     measured, formula = charts.cache_bytes_figure(trace).data
     tokens, measured_bytes = np.asarray(measured.x), np.asarray(measured.y) * charts.MIB
     assert measured_bytes.max() == 2 * 2 * 1 * 8 * 4 * 7  # 2 layers hold 7 tokens of K and V each, then stop

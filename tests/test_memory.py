@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,10 +200,17 @@ def test_preset_parameter_count_matches_a_meta_model_built_from_its_config(key):
     assert configs.count_parameters(configs.preset_config(preset)) == preset.parameters
 
 
-def test_config_folder_reads_like_the_preset():
+@pytest.fixture
+def smollm2_folder() -> Path:
+    """The converted SmolLM2 model folder (a config.json among its files), or a skip when it was never made."""
     folder = converted_smollm2_dir()
     if not folder.is_dir():
         pytest.skip("the converted SmolLM2 folder is made by the first load of the default model")
+    return folder
+
+
+def test_config_folder_reads_like_the_preset(smollm2_folder):
+    folder = smollm2_folder
     spec = configs.spec_from_config_path(folder)
     assert spec.groups == configs.get_preset("smollm2-135m").groups
     assert spec.parameters == 134_515_008  # counted on the meta device from the folder's config
@@ -370,10 +378,8 @@ def test_cli_table_and_list():
         assert key in listing.stdout
 
 
-def test_cli_config_folder():
-    folder = converted_smollm2_dir()
-    if not folder.is_dir():
-        pytest.skip("the converted SmolLM2 folder is made by the first load of the default model")
+def test_cli_config_folder(smollm2_folder):
+    folder = smollm2_folder
     result = kvviz("--config", str(folder), "--context", "100", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["kv_bytes_per_sequence"] == 23_040 * 100

@@ -177,16 +177,12 @@ def gpu_fit_figure(fits: Sequence[Fit]) -> go.Figure:
               f"{'fits' if fit.fits else f'needs {fit.gpus_needed} GPUs'}</b>" for fit in fits]
     weights = [fit.estimate.weights_bytes / GIB for fit in fits]
     caches = [fit.estimate.kv_bytes_total / GIB for fit in fits]
-    fig.add_trace(go.Bar(
-        y=labels, x=weights, orientation="h", name="weights", marker={"color": WEIGHTS},
-        customdata=[_hover_bytes(fit.estimate.weights_bytes) for fit in fits],
-        hovertemplate="weights: %{customdata}<extra></extra>",
-    ))
-    fig.add_trace(go.Bar(
-        y=labels, x=caches, orientation="h", name="KV cache", marker={"color": KV_CACHE},
-        customdata=[_hover_bytes(fit.estimate.kv_bytes_total) for fit in fits],
-        hovertemplate="KV cache: %{customdata}<extra></extra>",
-    ))
+    for name, colour, sizes in (("weights", WEIGHTS, [fit.estimate.weights_bytes for fit in fits]),
+                                ("KV cache", KV_CACHE, [fit.estimate.kv_bytes_total for fit in fits])):
+        fig.add_trace(go.Bar(
+            y=labels, x=[size / GIB for size in sizes], orientation="h", name=name, marker={"color": colour},
+            customdata=[_hover_bytes(size) for size in sizes], hovertemplate=f"{name}: %{{customdata}}<extra></extra>",
+        ))
     title, note, right = "Does it fit on the GPU?", "choose a model", 1.0
     if fits:
         gpu, est = fits[0].gpu, fits[0].estimate
