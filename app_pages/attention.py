@@ -10,7 +10,7 @@ import streamlit as st
 
 from kvviz import heads as hd
 from kvviz.attention_matrix import CHECK_MAX_TOKENS, has_attention, trace_length
-from kvviz.charts.attention import MAX_SIDE, token_label
+from kvviz.charts.attention import MAX_SIDE, position_label
 from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.ui import attention_widgets as aw
@@ -130,7 +130,7 @@ def token_section() -> None:
     st.subheader("Token view: what one query token reads")
     texts = trace.token_texts()
     query = st.select_slider("Query token", options=list(range(n)), value=n - 1,
-                             format_func=lambda i: token_label(texts[i], i, width=20), key=f"attn-query-{n}")
+                             format_func=lambda i: position_label(texts[i], i, width=20), key=f"attn-query-{n}")
     skip = st.checkbox("Shade relative to the largest weight after position 0 (the sink usually takes most)",
                        value=True, key="attn-skip-sink")
     st.html(aw.token_view(trace, layer, head, query, skip))

@@ -1,7 +1,7 @@
 """Memory: how big is the KV cache for any model, context, batch and dtype, and is the formula right?
 
-Widgets and figures only: every size comes from ``kvviz.memory``, every figure from ``kvviz.charts.memory``, and
-the live check runs in the engine (``kvviz.memory.measure_live_cache``) on the shared model.
+Widgets and figures only: every size comes from ``kvviz.kv_formula`` (models from ``kvviz.kv_configs``), every
+figure from ``kvviz.charts.memory``, and the live check runs in the engine (``kvviz.live_check``) on the shared model.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from dataclasses import replace
 import streamlit as st
 
 from kvviz import explain
-from kvviz import memory as mem
+from kvviz import kv_configs as configs
+from kvviz import kv_formula as mem
+from kvviz import live_check
 from kvviz.charts import memory as charts
 from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
@@ -30,7 +32,7 @@ st.caption(
     "Sizes are in binary units: 1 GiB = 2³⁰ bytes = 1.074 GB; hover any chart for exact bytes."
 )
 
-presets = {spec.name: spec for spec in mem.all_presets()}
+presets = {spec.name: spec for spec in configs.all_presets()}
 names = list(presets)
 
 with st.container(border=True):
@@ -64,9 +66,9 @@ if focus_name == FROM_CONFIG:
         folder = st.text_input("…or a local folder / config.json path", key="mem_config_path")
         try:
             if pasted.strip():
-                focus = mem.spec_from_config_text(pasted)
+                focus = configs.spec_from_config_text(pasted)
             elif folder.strip():
-                focus = mem.spec_from_config_path(folder)
+                focus = configs.spec_from_config_path(folder)
         except KvvizError as error:
             st.error(str(error))
     if focus is None:
@@ -173,7 +175,7 @@ st.caption("The same formula, applied to a model kvviz actually runs, next to th
            "tensors its cache holds right now.")
 
 
-def show_check(check: mem.LiveCheck, key: str) -> None:
+def show_check(check: live_check.LiveCheck, key: str) -> None:
     """One live check: the sum in words, formula and live bytes side by side, per-layer chart, allocator."""
     st.markdown(f"From {check.how}. Formula: {check.formula} = **{check.formula_bytes:,} bytes**.")
     a, b, c = st.columns(3)
@@ -205,11 +207,11 @@ if run:
     try:
         loaded = get_model(live_model)
         with st.spinner(f"Running {loaded.card.name} on {loaded.device}…"):
-            st.session_state[LIVE_KEY] = mem.measure_live_cache(loaded, int(prompt_tokens), int(new_tokens))
+            st.session_state[LIVE_KEY] = live_check.measure_live_cache(loaded, int(prompt_tokens), int(new_tokens))
     except KvvizError as error:
         st.error(str(error))
 
-fresh: mem.LiveCheck | None = st.session_state.get(LIVE_KEY)
+fresh: live_check.LiveCheck | None = st.session_state.get(LIVE_KEY)
 if fresh is not None:
     show_check(fresh, "fresh")
 
@@ -218,7 +220,7 @@ session = get_session()
 if session.stepper is not None and session.trace is not None and session.trace.records:
     st.subheader("Your trace from the Step through page")
     try:
-        show_check(mem.check_record(session.stepper.loaded, session.trace.records[-1],
+        show_check(live_check.check_record(session.stepper.loaded, session.trace.records[-1],
                                     how="your trace on the Step through page"), "trace")
     except KvvizError as error:
         st.error(str(error))

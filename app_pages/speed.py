@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from kvviz import report
 from kvviz.bench_results import PATH_LABELS, PATHS, BenchConfig
 from kvviz.charts import speed as charts
 from kvviz.errors import KvvizError
@@ -71,20 +72,11 @@ if result is None:
 st.markdown(f"**Measured on** {result.environment.describe()} · torch threads: {result.environment.threads} · "
             f"prompt {result.config.prompt_tokens} tokens · {result.config.tokens} new tokens · "
             f"{result.wall_seconds:.0f} s in all")
-if result.environment.busy:
-    st.warning(f"The machine's load ({result.environment.load_average:.1f}) exceeded its {result.environment.cpus} "
-               "CPUs when this benchmark started: other work competed for them, so the times are inflated and noisy.")
-noise = result.noise_sentence()
-if noise is not None:
-    st.warning(noise)
-if not result.all_match:
-    differing = ", ".join(f"{p.path} (from token {p.first_mismatch})" for p in result.measured
-                          if p.matches_reference is False)
-    st.warning(f"Not every path chose the same tokens as {result.reference_path}: {differing}. In 16-bit types a "
-               "near-tie between two tokens can go either way; the timings are still comparable.")
+for warning in report.warnings(result):
+    st.warning(warning)
 for path in result.paths:
     if path.status in ("skipped", "failed"):
-        st.info(f"**{path.path}** {path.status}: {path.reason}")
+        st.info(report.path_status_sentence(path))
 
 measured = [p for p in result.measured if p.ms_per_token is not None]
 if measured:
@@ -102,20 +94,19 @@ with tabs[1]:
     st.plotly_chart(charts.latency_figure(result, log_y=log_y), key="speed_chart_latency")
 with tabs[2]:
     st.plotly_chart(charts.cumulative_figure(result), key="speed_chart_cumulative")
-    growth = result.naive_growth_sentence()
+    growth = report.naive_growth_sentence(result)
     if growth is not None:
         st.markdown(growth)
 with tabs[3]:
     st.plotly_chart(charts.speedup_figure(result), key="speed_chart_speedup")
-    for name in ("kvviz", "dynamic", "static", "graphs"):
-        sentence = result.crossover_sentence(name)
-        if sentence is not None:
-            st.markdown(sentence + ".")
+    for sentence in report.crossover_sentences(result):
+        st.markdown(sentence + ".")
 with tabs[4]:
     st.plotly_chart(charts.roofline_figure(result), key="speed_chart_roofline")
-    st.caption(f"Peak bandwidth: {result.peak.memory_source}. Peak compute: {result.peak.flops_source}.")
+    st.caption(report.peak_sentence(result))
 with tabs[5]:
     st.plotly_chart(charts.bandwidth_figure(result), key="speed_chart_bandwidth")
+    st.caption("; ".join(report.bandwidth_sentences(result)))
 
 st.dataframe(charts.summary_rows(result), hide_index=True, key="speed_table")
 st.download_button("Download the result (JSON)", result.to_json(), file_name="kvviz-bench.json",

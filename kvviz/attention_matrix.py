@@ -62,18 +62,6 @@ def trace_length(trace: Trace) -> int:
     return trace.records[-1].sequence_length if trace.records else 0
 
 
-def kv_head_of(card: ModelCard, query_head: int) -> int:
-    """The KV head that query head ``query_head`` reads (grouped-query attention shares one among a group)."""
-    return query_head // card.queries_per_kv_head
-
-
-def query_heads_sharing(card: ModelCard, query_head: int) -> list[int]:
-    """Every query head that reads the same KV head as ``query_head`` (itself included)."""
-    group = kv_head_of(card, query_head)
-    per = card.queries_per_kv_head
-    return list(range(group * per, (group + 1) * per))
-
-
 def _placement(record: StepRecord, layer: int) -> tuple[np.ndarray, int, int]:
     """The record's rows for ``layer`` with where they go: (rows (H, q, kv), first query position, first key column).
 
@@ -83,6 +71,15 @@ def _placement(record: StepRecord, layer: int) -> tuple[np.ndarray, int, int]:
     rows = record.attention[layer]  # (H, q, kv)
     end = record.sequence_length
     return rows, end - rows.shape[1], end - rows.shape[2]
+
+
+def _placements(trace: Trace, layer: int, upto: int) -> Iterator[tuple[np.ndarray, int, int]]:
+    """``_placement`` of each record in order, up to the first whose queries start at or after ``upto``."""
+    for record in trace.records:
+        placement = _placement(record, layer)
+        if placement[1] >= upto:
+            return
+        yield placement
 
 
 def row_blocks(trace: Trace, layer: int, upto: int | None = None,
@@ -112,10 +109,7 @@ def row_blocks(trace: Trace, layer: int, upto: int | None = None,
         pending.clear()
         yield first, stacked.transpose(1, 0, 2).astype(np.float32)  # (H, q, width)
 
-    for record in trace.records:
-        rows, query_start, key_start = _placement(record, layer)
-        if query_start >= n:
-            break
+    for rows, query_start, key_start in _placements(trace, layer, n):
         if rows.shape[1] == 1:
             pending.append((rows, query_start, key_start))
             if len(pending) == rows_per_block:
@@ -146,10 +140,7 @@ def head_matrix(trace: Trace, layer: int, head: int, upto: int | None = None) ->
     """One head's causal matrix, float32 ``(n, n)``: row i is what query i attended to, built only for this head."""
     n = trace_length(trace) if upto is None else upto
     matrix = np.zeros((n, n), dtype=np.float32)
-    for record in trace.records:
-        rows, query_start, key_start = _placement(record, layer)
-        if query_start >= n:
-            break
+    for rows, query_start, key_start in _placements(trace, layer, n):
         q_stop = min(rows.shape[1], n - query_start)
         width = min(rows.shape[2], n - key_start)
         matrix[query_start:query_start + q_stop, key_start:key_start + width] = rows[head, :q_stop, :width]

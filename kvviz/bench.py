@@ -1,4 +1,4 @@
-"""Benchmark runner: time the same greedy tokens through several decode paths; ``python -m kvviz bench``.
+"""Benchmark runner: time the same greedy tokens through several decode paths (``python -m kvviz bench``, Speed).
 
 Paths (``bench_results.PATHS``), each a loop that prefills a prompt and then decodes one token per step:
 
@@ -25,19 +25,17 @@ paths; a mismatch is reported, not hidden.
 The loaded model is shared (the app serves many sessions with one): nothing here changes model-wide settings;
 caches, buffers and graphs belong to the run and are dropped at the end, also when a run is interrupted.
 
-What it does not do: draw (``charts/speed.py``) or define the result format (``bench_results.py``).
+What it does not do: draw (``charts/speed.py``), define the result format (``bench_results.py``) or parse the
+command line (``cli.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -48,9 +46,10 @@ from kvviz.bench_results import (
     PATH_LABELS, PATHS, BenchConfig, BenchResult, Environment, PathResult, Spread, StepSeries, check_tokens,
 )
 from kvviz.costs import forward_flops
-from kvviz.errors import InputError
+from kvviz.errors import InputError, first_line
+from kvviz.kv_formula import ModelSpec, Precision, precision_of_torch_dtype
 from kvviz.models import LoadedModel
-from kvviz.roofline import device_name, device_peak, kv_bytes_per_position, step_bytes, weight_bytes_read
+from kvviz.roofline import device_name, device_peak, step_bytes, weight_bytes_read
 from kvviz.stepper import NaiveStepper, Sampling, Stepper
 from kvviz.timing import DeviceTimer, synchronize
 
@@ -122,44 +121,73 @@ class _Skip(Exception):
 # ----- the paths ------------------------------------------------------------------------------------------------
 
 class _Runner:
-    """One decode path. ``run`` calls ``tick`` after every step, outside the timed region."""
+    """One decode path, in gpt-fast's shape: ``prefill(prompt) -> token`` and ``step() -> token``.
+
+    ``run`` is the one timed loop every path but ``generate`` shares: a fresh start (``start_run``, untimed), then
+    ``DeviceTimer`` around the prefill and around each step, and ``tick`` after each, outside the timed region.
+    """
 
     def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
         self.config = config
+        self.tokens_processed = 1  # tokens the last step pushed through the model (the naive path: all of them)
 
     def setup(self, prompt: list[int]) -> float | None:
         """One-off work before the first run, in ms (None when there is none)."""
         return None
 
-    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+    def start_run(self) -> None:
+        """Fresh per-run state (an empty cache), before the clock starts."""
+
+    def prefill(self, prompt: list[int]) -> int:
+        """Feed the prompt; return the chosen token, held on the host."""
         raise NotImplementedError
+
+    def step(self) -> int:
+        """Feed the token chosen last; return the next one, held on the host."""
+        raise NotImplementedError
+
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        self.start_run()
+        with DeviceTimer(self.device) as timer:
+            token = self.prefill(prompt)
+        result = _Run([token], timer.ms)
+        tick(1)
+        for _ in range(tokens - 1):
+            with DeviceTimer(self.device) as timer:
+                token = self.step()
+            result.add(token, timer.ms, self.tokens_processed)
+            tick(1)
+        return result
 
     def close(self) -> None:
         """Drop every buffer the path allocated."""
 
 
 class _DynamicRunner(_Runner):
-    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+    """The plain transformers loop: a ``DynamicCache`` grown by concatenation, the token read back each step."""
+
+    def start_run(self) -> None:
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
-        with DeviceTimer(self.device) as timer:
-            input_ids = torch.tensor([prompt], device=self.device)  # (1, P)
-            out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = int(out.logits[0, -1].argmax())
-        result = _Run([token], timer.ms)
-        tick(1)
-        for _ in range(tokens - 1):
-            with DeviceTimer(self.device) as timer:
-                input_ids = torch.tensor([[token]], device=self.device)  # (1, 1)
-                out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                token = int(out.logits[0, -1].argmax())
-            result.add(token, timer.ms, 1)
-            tick(1)
-        return result
+        self.cache = DynamicCache(config=self.model.config)
+
+    def _feed(self, ids: list[int]) -> int:
+        input_ids = torch.tensor([ids], device=self.device)  # (1, new)
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.token = int(out.logits[0, -1].argmax())
+        return self.token
+
+    def prefill(self, prompt: list[int]) -> int:
+        return self._feed(prompt)
+
+    def step(self) -> int:
+        return self._feed([self.token])
+
+    def close(self) -> None:
+        self.cache = None
 
 
 class _StepperRunner(_Runner):
@@ -169,21 +197,22 @@ class _StepperRunner(_Runner):
         super().__init__(loaded, config)
         self.naive = naive
 
-    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+    def start_run(self) -> None:
         if self.naive:
-            stepper = NaiveStepper(self.loaded, Sampling(), capture_attention=False)
+            self.stepper = NaiveStepper(self.loaded, Sampling(), capture_attention=False)
         else:
-            stepper = Stepper(self.loaded, Sampling(), capture_attention=False, record_kv=False)
-        with DeviceTimer(self.device) as timer:
-            record = stepper.prefill(prompt)
-        result = _Run([record.token_id], timer.ms)
-        tick(1)
-        for _ in range(tokens - 1):
-            with DeviceTimer(self.device) as timer:
-                record = stepper.step()
-            result.add(record.token_id, timer.ms, record.tokens_processed)
-            tick(1)
-        return result
+            self.stepper = Stepper(self.loaded, Sampling(), capture_attention=False, record_kv=False)
+
+    def prefill(self, prompt: list[int]) -> int:
+        return self.stepper.prefill(prompt).token_id
+
+    def step(self) -> int:
+        record = self.stepper.step()
+        self.tokens_processed = record.tokens_processed
+        return record.token_id
+
+    def close(self) -> None:
+        self.stepper = None
 
 
 class _StaticRunner(_Runner):
@@ -196,34 +225,26 @@ class _StaticRunner(_Runner):
         self.cache = StaticCache(config=self.model.config, max_cache_len=config.prompt_tokens + config.tokens)
         self.next_id = torch.zeros((1, 1), dtype=torch.long, device=self.device)  # (1, 1)
 
-    def decode_once(self) -> None:
-        """Feed ``next_id`` and write the greedy choice back into it: no host round trip, so it can be captured."""
-        out = self.model(input_ids=self.next_id, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+    def _feed(self, input_ids: torch.Tensor) -> None:
+        """Run ``input_ids`` through the model and write the greedy choice into ``next_id``."""
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))  # (1, 1)
 
+    def decode_once(self) -> None:
+        """Feed ``next_id`` and write the greedy choice back into it: no host round trip, so it can be captured."""
+        self._feed(self.next_id)
+
+    def start_run(self) -> None:
+        # Zeroing in place keeps the buffers' addresses, which a captured graph depends on.
+        self.cache.reset()
+
     def prefill(self, prompt: list[int]) -> int:
-        input_ids = torch.tensor([prompt], device=self.device)  # (1, P)
-        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))
+        self._feed(torch.tensor([prompt], device=self.device))  # (1, P)
         return int(self.next_id)
 
     def step(self) -> int:
         self.decode_once()
         return int(self.next_id)
-
-    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
-        # Zeroing in place keeps the buffers' addresses, which a captured graph depends on.
-        self.cache.reset()
-        with DeviceTimer(self.device) as timer:
-            token = self.prefill(prompt)
-        result = _Run([token], timer.ms)
-        tick(1)
-        for _ in range(tokens - 1):
-            with DeviceTimer(self.device) as timer:
-                token = self.step()
-            result.add(token, timer.ms, 1)
-            tick(1)
-        return result
 
     def close(self) -> None:
         self.cache = None
@@ -257,7 +278,7 @@ class _GraphRunner(_StaticRunner):
             # off so that exactly one graph, ours, is replayed.
             step_fn = torch.compile(self.decode_once, mode="max-autotune-no-cudagraphs", dynamic=False)
         # The prefill allocates the cache buffers (lazily, at their first update); capture needs them to exist.
-        self.cache.reset()
+        self.start_run()
         self.prefill(prompt)
         # Warm up on a side stream, as capture requires (cuBLAS workspaces, compilation, allocator pools).
         stream = torch.cuda.Stream(self.device)
@@ -283,7 +304,10 @@ class _GraphRunner(_StaticRunner):
 
 
 class _GenerateRunner(_Runner):
-    """transformers ``generate()``, greedy, never stopping early: an empty EOS list keeps it to exactly N tokens."""
+    """transformers ``generate()``, greedy, never stopping early: an empty EOS list keeps it to exactly N tokens.
+
+    The one path with its own ``run``: ``generate()`` returns only when done, so it is timed as a whole.
+    """
 
     def _generate(self, input_ids: torch.Tensor, tokens: int) -> torch.Tensor:
         pad = self.loaded.tokenizer.pad_token_id
@@ -452,7 +476,7 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
                 except Exception as error:  # noqa: BLE001 - reported as the path's result, see FRAGILE_PATHS
                     if name not in FRAGILE_PATHS or isinstance(error, _Stopped):
                         raise
-                    state.status, state.reason = "failed", _one_line(error)
+                    state.status, state.reason = "failed", _failure(error)
                 if state.status != "ok" and name in runners:
                     runners.pop(name).close()
             for repeat in range(max(config.runs_for(p) for p in config.paths)):
@@ -468,7 +492,7 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
                     except Exception as error:  # noqa: BLE001 - see FRAGILE_PATHS
                         if name not in FRAGILE_PATHS:
                             raise
-                        state.status, state.reason = "failed", _one_line(error)
+                        state.status, state.reason = "failed", _failure(error)
                         runners.pop(name).close()
                         continue
                     work.report(f"{name}: finished {work.phase}", partial=assemble(complete=False))
@@ -480,9 +504,10 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
     return assemble(complete)
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+def _failure(error: BaseException) -> str:
+    """A failed path's reason: the exception's type and the first line of its message."""
+    name, line = type(error).__name__, first_line(error, limit=300)
+    return line if line == name else f"{name}: {line}"
 
 
 def _path_result(state: _PathState, config: BenchConfig, loaded: LoadedModel) -> PathResult:
@@ -514,7 +539,8 @@ def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel, pat
     """Per-step medians and bands, with each step's FLOPs and the bytes it must move on this path.
 
     Bytes differ by path: naive keeps no cache (keys and values are recomputed, never read back), the static paths
-    attend over their whole preallocated buffer (masked, but read), the dynamic ones over the positions held.
+    attend over their whole preallocated buffer (masked, but read), the dynamic ones over the positions held;
+    on every path a sliding layer reads at most its window.
     """
     if not runs[0].step_ms:
         return StepSeries()
@@ -525,152 +551,25 @@ def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel, pat
     vocab = int(text.vocab_size)
     hidden = int(getattr(text, "hidden_size", None) or text.n_embd)
     weights = weight_bytes_read(loaded.model)
-    per_position = kv_bytes_per_position(loaded.card, loaded.dtype)
+    precision = precision_of_torch_dtype(loaded.dtype_name)
     return StepSeries(
         position=tuple(positions),
         median_ms=tuple(float(v) for v in np.median(times, axis=0)),
         low_ms=tuple(float(v) for v in times.min(axis=0)),
         high_ms=tuple(float(v) for v in times.max(axis=0)),
         tokens_processed=tuple(processed),
-        flops=tuple(forward_flops(loaded.card, vocab, hidden, n, p) for n, p in zip(processed, positions)),
-        bytes_moved=tuple(_path_step_bytes(path, weights, per_position, p, n, config, loaded)
+        flops=tuple(forward_flops(loaded, vocab, hidden, n, p) for n, p in zip(processed, positions)),
+        bytes_moved=tuple(_path_step_bytes(path, weights, loaded.spec, precision, p, n, config)
                           for n, p in zip(processed, positions)),
     )
 
 
-def _path_step_bytes(path: str, weights: int, per_position: int, position: int, new_tokens: int, config: BenchConfig,
-                     loaded: LoadedModel) -> float:
+def _path_step_bytes(path: str, weights: int, spec: ModelSpec, precision: Precision, position: int,
+                     new_tokens: int, config: BenchConfig) -> float:
     if path == "naive":
-        return step_bytes(weights, 0, position, new_tokens)
+        return step_bytes(weights, None, precision, position, new_tokens)
     if path in ("static", "graphs"):
-        return step_bytes(weights, per_position, config.prompt_tokens + config.tokens, new_tokens)
-    return step_bytes(weights, per_position, position, new_tokens, loaded.card.sliding_window)
-
-
-# ----- command line ---------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from kvviz.cli import add_model_arguments, positive_int
-
-    add_model_arguments(parser)
-    parser.add_argument("--tokens", type=positive_int, default=64,
-                        help="new tokens per run: one prefill, then tokens-1 decode steps (default 64)")
-    parser.add_argument("--prompt-tokens", type=positive_int, default=32,
-                        help="prompt length in tokens (default 32; the naive path's cost grows with it)")
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), metavar="PATH",
-                        help=f"paths to time, space- or comma-separated (default: all of {', '.join(PATHS)})")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per cached path (default 3)")
-    parser.add_argument("--naive-repeats", type=positive_int, default=1,
-                        help="timed runs of the O(T²) naive path (default 1)")
-    parser.add_argument("--warmup-tokens", type=positive_int, default=4,
-                        help="tokens of each path's untimed warm-up run (default 4)")
-    parser.add_argument("--graphs-compile", action="store_true",
-                        help="graphs path: torch.compile the decode step before capturing it (CUDA only)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for PyTorch (default: PyTorch's choice); 1 is steadier on a busy machine")
-    parser.add_argument("--json", metavar="FILE", help="also write the full result as JSON ('-': to stdout only)")
-    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-
-
-def run(args: argparse.Namespace) -> int:
-    from kvviz.models import load_model
-
-    config = BenchConfig(
-        tokens=args.tokens, prompt_tokens=args.prompt_tokens, paths=parse_paths(args.paths), repeats=args.repeats,
-        naive_repeats=args.naive_repeats, warmup_tokens=args.warmup_tokens, graphs_compile=args.graphs_compile,
-    )
-    validate(config)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)  # this process only: the CLI owns it, unlike the app's shared server
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    show_progress = not args.quiet and sys.stderr.isatty()
-
-    def on_progress(event: BenchProgress) -> bool:
-        if show_progress:
-            sys.stderr.write(f"\r\033[K[{event.fraction:4.0%}] {event.message}")
-            sys.stderr.flush()
-        return True
-
-    result = run_benchmark(loaded, config, on_progress)
-    if show_progress:
-        sys.stderr.write("\r\033[K")
-    if args.json == "-":
-        print(result.to_json())
-        return 0
-    print(format_table(result))
-    if args.json:
-        target = Path(args.json)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(result.to_json() + "\n", encoding="utf-8")
-        print(f"# full result: {target}")
-    return 0
-
-
-def format_table(result: BenchResult) -> str:
-    """The CLI's report: one line per path, then the fit, the crossover and the bandwidth used."""
-    env, config = result.environment, result.config
-    marks = [config.prompt_tokens + k for k in (10, 100, config.tokens - 1) if 1 <= k <= config.tokens - 1]
-    marks = sorted(set(marks))
-    lines = [
-        f"# {env.describe()}; torch threads: {env.threads}",
-        f"# prompt {config.prompt_tokens} tokens, {config.tokens} new tokens; {config.repeats} timed runs "
-        f"({config.naive_repeats} for naive) after a {config.warmup_tokens}-token warm-up; ms are medians "
-        "[min-max] across runs; @N is the decode step at position N (prompt + step); 1st call is the "
-        "path's first decode step (its warm-up)",
-        f"{'path':9s} {'prefill':>8s} {'ms/token':>9s} {'[min-max]':>15s} "
-        + " ".join(f"{'@' + str(m):>8s}" for m in marks)
-        + f" {'1st call':>9s} {'vs naive':>8s}  tokens",
-    ]
-    for path in result.paths:
-        if not path.ok:
-            lines.append(f"{path.path:9s} {path.status}: {path.reason}")
-            continue
-        spread = path.ms_per_token
-        at = [path.steps.ms_at(m) for m in marks]
-        speedup = result.speedup_vs_naive(path.path)
-        match = {True: "same", False: f"DIFFER from token {path.first_mismatch}", None: "-"}[path.matches_reference]
-        cold = path.cold_first_step_ms
-        lines.append(
-            f"{path.path:9s} {path.prefill_ms.median:8.1f} {spread.median:9.2f} "
-            f"{f'[{spread.low:.1f}-{spread.high:.1f}]':>15s} "
-            + " ".join(f"{v:8.1f}" if v is not None else f"{'-':>8s}" for v in at)
-            + (f" {cold:9.1f} " if cold is not None else f" {'-':>9s} ")
-            + (f"{speedup:7.1f}x" if speedup is not None else f"{'-':>8s}")
-            + f"  {match}" + (f" ({path.reason})" if path.reason else "")
-        )
-    fit = result.naive_fit()
-    if fit is not None:
-        lines.append(f"# naive cumulative time over n new tokens ~ a*n + b*n^2: a = {fit.a:.2f} ms, "
-                     f"b = {fit.b:.4f} ms, R^2 = {fit.r2:.4f}")
-    step_fit = result.naive_step_fit()
-    if step_fit is not None:
-        lines.append(f"# naive ms per step ~ c + d*position: c = {step_fit.intercept:.2f} ms, "
-                     f"d = {step_fit.slope:.4f} ms/token, R^2 = {step_fit.r2:.4f}"
-                     + ("  (no growth measured)" if step_fit.slope <= 0 else ""))
-    for name in ("dynamic", "kvviz", "static", "graphs"):
-        sentence = result.crossover_sentence(name)
-        if sentence is not None:
-            lines.append(f"# {sentence}")
-        growth = result.growth(name)
-        if growth is not None:
-            lines.append(f"# {name}: last 10 steps / steps 5-15 = {growth:.2f}x")
-    peak = result.peak
-    lines.append(f"# peak memory bandwidth {peak.memory_bytes_per_s / 1e9:.1f} GB/s ({peak.memory_source}); "
-                 f"compute {peak.flops_per_s / 1e9:.0f} GFLOP/s ({peak.flops_source})")
-    for path in result.measured:
-        if len(path.steps):
-            used = path.steps.bytes_moved[-1] / (path.steps.median_ms[-1] / 1000.0) / peak.memory_bytes_per_s
-            lines.append(f"# {path.path}: last step moves {path.steps.bytes_moved[-1] / 2**20:.0f} MiB, "
-                         f"{used:.0%} of peak bandwidth")
-    if env.busy:
-        lines.append(f"# WARNING: the machine's load ({env.load_average:.1f}) exceeded its {env.cpus} CPUs when this "
-                     "started: other work competed for them and the times are inflated and noisy")
-    noise = result.noise_sentence()
-    if noise is not None:
-        lines.append(f"# WARNING: {noise}")
-    if not result.all_match:
-        lines.append(f"# WARNING: not every path chose the same tokens as {result.reference_path} (see 'tokens')")
-    if not result.complete:
-        lines.append("# stopped early: figures cover the runs that finished")
-    lines.append(f"# wall time {result.wall_seconds:.1f} s (warm-ups, setup and device measurement included)")
-    return "\n".join(lines)
+        # A static layer is preallocated for the whole run, or for its window when it slides (transformers'
+        # StaticSlidingWindowLayer), and attention reads all of it: the window cap applies as for any layer.
+        return step_bytes(weights, spec, precision, config.prompt_tokens + config.tokens, new_tokens)
+    return step_bytes(weights, spec, precision, position, new_tokens)

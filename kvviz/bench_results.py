@@ -45,7 +45,11 @@ JSON format (``format: "kvviz-bench"``, ``format_version: 1``; ``docs/bench-form
 are empty, its ``ms_per_token`` is its total time over the N tokens, and its ``prefill_ms`` is a separate
 one-token ``generate()`` call (its time to first token).
 
-What it does not do: run anything (``bench.py``) or draw (``charts/speed.py``).
+``DevicePeak`` (the roofs: peak bandwidth and compute) is stored with every result; ``roofline.py`` finds the
+figures.
+
+What it does not do: run anything (``bench.py``), draw (``charts/speed.py``), or import torch or transformers (a
+test checks it): a result file can be read without them.
 """
 
 from __future__ import annotations
@@ -56,8 +60,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
-
-from kvviz.roofline import DevicePeak
 
 FORMAT = "kvviz-bench"
 FORMAT_VERSION = 1
@@ -73,6 +75,27 @@ PATH_LABELS: dict[str, str] = {
     "generate": "generate: transformers generate(), total time / tokens",
 }
 CACHED_PATHS: tuple[str, ...] = ("dynamic", "kvviz", "static", "graphs", "generate")
+
+
+@dataclass(frozen=True)
+class DevicePeak:
+    """The roofs of the roofline: what the device can move and compute at best, and where each figure came from."""
+
+    memory_bytes_per_s: float
+    memory_source: str
+    flops_per_s: float
+    flops_source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "memory_bytes_per_s": self.memory_bytes_per_s, "memory_source": self.memory_source,
+            "flops_per_s": self.flops_per_s, "flops_source": self.flops_source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DevicePeak":
+        return cls(float(data["memory_bytes_per_s"]), str(data["memory_source"]), float(data["flops_per_s"]),
+                   str(data["flops_source"]))
 
 
 @dataclass(frozen=True)
@@ -353,17 +376,6 @@ class BenchResult:
         return tuple(p for p in self.measured if p.runs >= 2 and p.ms_per_token is not None
                      and p.ms_per_token.low > 0 and p.ms_per_token.high / p.ms_per_token.low > ratio)
 
-    def noise_sentence(self, ratio: float = NOISY_RATIO) -> str | None:
-        """A warning when runs of one path disagree by more than ``ratio``; None when every path is steady."""
-        noisy = self.noisy_paths(ratio)
-        if not noisy:
-            return None
-        ranges = "; ".join(f"{p.path}'s {p.runs} runs {p.ms_per_token.low:.2f}–{p.ms_per_token.high:.2f} ms/token "
-                           f"({p.ms_per_token.high / p.ms_per_token.low:.1f}×)" for p in noisy)
-        return (f"Runs disagree: {ranges}. Something else used the machine during the benchmark (on a small "
-                "machine, a browser drawing the page counts too). The medians are shown; compare paths with care, "
-                "or run again on a quiet machine.")
-
     def naive_cumulative(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(tokens generated n, median cumulative ms to produce them) for the naive path, prefill included."""
         naive = self.path("naive")
@@ -389,20 +401,6 @@ class BenchResult:
             return None
         return fit_linear(naive.steps.position, naive.steps.median_ms)
 
-    def naive_growth_sentence(self) -> str | None:
-        """What the two naive fits say, in one sentence (None without a naive series)."""
-        cumulative, per_step = self.naive_fit(), self.naive_step_fit()
-        if cumulative is None or per_step is None:
-            return None
-        if cumulative.b <= 0 or per_step.slope <= 0:
-            return (f"No quadratic growth measured: the naive step time does not rise with the context over this "
-                    f"run (per-step slope {per_step.slope:+.4f} ms per token, cumulative b = {cumulative.b:+.4f}); "
-                    "the context is too short for the recompute to dominate on this machine.")
-        return (f"Naive cumulative time ≈ {cumulative.a:.2f}·n + {cumulative.b:.4f}·n² ms over n new tokens "
-                f"(R² = {cumulative.r2:.4f}); per step, naive ≈ {per_step.intercept:.1f} + {per_step.slope:.3f} ms "
-                f"per token of context (R² = {per_step.r2:.3f}, {per_step.points} steps): every step recomputes the "
-                "whole context, so each costs more than the last and the total grows with the square of the length.")
-
     def crossover_position(self, path: str) -> int | None:
         """The first position from which ``path`` is faster than naive at every later measured step."""
         naive, other = self.path("naive"), self.path(path)
@@ -419,22 +417,6 @@ class BenchResult:
             else:
                 start = None
         return start
-
-    def crossover_sentence(self, path: str) -> str | None:
-        """"<path> beats naive at every step from position N (fit predicts M)", or None with nothing to say."""
-        measured, predicted = self.crossover_position(path), self.predicted_crossover_position(path)
-        if measured is None and predicted is None:
-            return None
-        where = measured if measured is not None else "— (not within this run)"
-        first_step = self.config.prompt_tokens + 1  # the position of the first decode step
-        if predicted is None:
-            fit_says = ""
-        elif predicted <= self.config.prompt_tokens:  # clamped: the fit has naive slower from the first token on
-            fit_says = (" (the naive fit agrees: naive is slower from the first token)" if measured == first_step
-                        else " (the naive fit has naive slower from the first token)")
-        else:
-            fit_says = f" (the naive fit predicts {predicted:.0f})"
-        return f"{path} beats naive at every step from position {where}{fit_says}"
 
     def predicted_crossover_position(self, path: str) -> float | None:
         """Where the naive step time from the fit (a + b·(2n − 1)) first exceeds the path's median ms per token.
@@ -461,6 +443,12 @@ class BenchResult:
         if naive is None or other is None or not naive.ok or not other.ok or not naive.total_ms or not other.total_ms:
             return None
         return naive.total_ms.median / other.total_ms.median
+
+    def bandwidth_used(self, path: PathResult) -> np.ndarray:
+        """Per decode step of ``path``: the bytes it must move over its median time, as a share of peak bandwidth."""
+        steps = path.steps
+        rate = np.asarray(steps.bytes_moved, dtype=np.float64) / (np.asarray(steps.median_ms) / 1000.0)
+        return rate / self.peak.memory_bytes_per_s
 
     # ----- JSON -------------------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

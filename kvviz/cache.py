@@ -12,26 +12,13 @@ What it does not do: time anything, run the model, or know about tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
-
-@dataclass(frozen=True)
-class LayerCacheStat:
-    """One layer's cache after a call."""
-
-    layer: int
-    positions_seen: int  # tokens that went through this layer's cache so far
-    stored: int  # tokens whose K/V are held now (smaller than positions_seen for a full sliding window)
-    shape: tuple[int, ...]  # of the key tensor: (batch, kv_heads, stored, head_dim)
-    dtype: str
-    bytes: int  # keys + values, from the live tensors
-    sliding_window: int | None
-    appended: tuple[int, int]  # [start, stop) absolute positions appended by the last call
+from kvviz.records import LayerCacheStat
 
 
 class InstrumentedCache(DynamicCache):

@@ -1,26 +1,30 @@
-"""Command line: ``python -m kvviz {models,step,bench,memory}``.
+"""Command line: ``python -m kvviz {models,step,bench,memory}``: the argument plumbing of every subcommand.
 
 Every failure the user can fix exits with status 2 and one line on stderr (``kvviz: error: …``); nothing here
-prints a traceback for bad input. Subcommands other than ``models`` and ``step`` live beside the code they run
-and expose ``add_arguments(parser)`` and ``run(args) -> int``.
+prints a traceback for bad input. Each subcommand parses its arguments here and calls the engine: ``step`` the
+steppers, ``bench`` ``kvviz.bench``, ``memory`` ``kvviz.kv_formula`` and ``kvviz.kv_configs``. Modules that need
+torch are imported inside the subcommand that uses them: ``memory`` is arithmetic and should not wait for torch.
+
+What it does not do: compute anything itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from typing import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
-from kvviz.errors import KvvizError
-
-
-# Subcommands implemented in kvviz/<name>.py, each with add_arguments(parser) and run(args) -> int.
-FEATURE_COMMANDS: dict[str, str] = {
-    "bench": "time decode paths (naive, cached, static, CUDA graphs, generate) on the same tokens",
-    "memory": "KV cache size calculator",
-}
+from kvviz import report
+from kvviz.bench_results import PATHS, BenchConfig, BenchResult
+from kvviz.errors import InputError, KvvizError
+from kvviz.kv_formula import (
+    BF16, CACHE_PRECISIONS, DEFAULT_CACHE_GROUP, DEFAULT_RESERVE, GPUS, MAX_BATCH, MAX_CONTEXT, WEIGHT_PRECISIONS,
+    Fit, MemoryEstimate, Precision, estimate, fit_on_gpu, format_bytes, kv_bytes_per_token, parse_gpu,
+    parse_precision,
+)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -32,8 +36,9 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
+    """A whole number of at least 1; thousands separators ("131,072", "131_072") are accepted."""
     try:
-        value = int(text)
+        value = int(text.replace(",", "").replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
     if value <= 0:
@@ -74,22 +79,19 @@ def _add_step_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _step(args: argparse.Namespace) -> int:
     from kvviz.models import load_model
-    from kvviz.records import Trace
-    from kvviz.stepper import CompareStepper, Sampling, Stepper, encode_prompt
+    from kvviz.stepper import Sampling
+    from kvviz.tracing import start_trace
 
     if not args.prompt.strip():
         raise KvvizError("The prompt is empty: pass --prompt with some text.")
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
     sampling.validate()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    options = dict(sampling=sampling, capture_attention=False, max_new_tokens=args.tokens)
-    stepper = CompareStepper(loaded, **options) if args.compare else Stepper(loaded, **options)
-    trace = Trace(model=loaded.key, device=str(loaded.device), dtype=loaded.dtype_name)
-    prompt_ids = encode_prompt(loaded, args.prompt, chat_template=args.chat)
-    record = stepper.prefill(prompt_ids)
-    trace.append(record)
+    stepper, trace = start_trace(loaded, args.prompt, compare=args.compare, sampling=sampling,
+                                 capture_attention=False, max_new_tokens=args.tokens, chat_template=args.chat)
+    record = trace.records[-1]
     if not args.json:
-        print(f"# {loaded.card.name} on {loaded.device} ({loaded.dtype_name}); prompt {len(prompt_ids)} tokens; "
+        print(f"# {loaded.card.name} on {loaded.device} ({loaded.dtype_name}); prompt {trace.prompt_tokens} tokens; "
               "step 0 is the prefill")
         print(f"{'step':>4} {'token':>16} {'cache_len':>9} {'cache_bytes':>12} {'ms_cached':>9} "
               f"{'ms_naive':>9} {'match':>5}")
@@ -111,32 +113,267 @@ def _step(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; ``argv`` (default: ``sys.argv``) names the subcommand whose full options are loaded."""
+# ----- bench ----------------------------------------------------------------------------------------------------
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m kvviz bench``."""
+    add_model_arguments(parser)
+    parser.add_argument("--tokens", type=positive_int, default=64,
+                        help="new tokens per run: one prefill, then tokens-1 decode steps (default 64)")
+    parser.add_argument("--prompt-tokens", type=positive_int, default=32,
+                        help="prompt length in tokens (default 32; the naive path's cost grows with it)")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), metavar="PATH",
+                        help=f"paths to time, space- or comma-separated (default: all of {', '.join(PATHS)})")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per cached path (default 3)")
+    parser.add_argument("--naive-repeats", type=positive_int, default=1,
+                        help="timed runs of the O(T²) naive path (default 1)")
+    parser.add_argument("--warmup-tokens", type=positive_int, default=4,
+                        help="tokens of each path's untimed warm-up run (default 4)")
+    parser.add_argument("--graphs-compile", action="store_true",
+                        help="graphs path: torch.compile the decode step before capturing it (CUDA only)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for PyTorch (default: PyTorch's choice); 1 is steadier on a busy machine")
+    parser.add_argument("--json", metavar="FILE", help="also write the full result as JSON ('-': to stdout only)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """``python -m kvviz bench``: time the decode paths on one model and print the table (and the JSON)."""
+    import torch
+
+    from kvviz.bench import BenchProgress, parse_paths, run_benchmark, validate
+    from kvviz.models import load_model
+
+    config = BenchConfig(
+        tokens=args.tokens, prompt_tokens=args.prompt_tokens, paths=parse_paths(args.paths), repeats=args.repeats,
+        naive_repeats=args.naive_repeats, warmup_tokens=args.warmup_tokens, graphs_compile=args.graphs_compile,
+    )
+    validate(config)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # this process only: the CLI owns it, unlike the app's shared server
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    show_progress = not args.quiet and sys.stderr.isatty()
+
+    def on_progress(event: BenchProgress) -> bool:
+        if show_progress:
+            sys.stderr.write(f"\r\033[K[{event.fraction:4.0%}] {event.message}")
+            sys.stderr.flush()
+        return True
+
+    result = run_benchmark(loaded, config, on_progress)
+    if show_progress:
+        sys.stderr.write("\r\033[K")
+    if args.json == "-":
+        print(result.to_json())
+        return 0
+    print(format_bench_table(result))
+    if args.json:
+        target = Path(args.json)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(result.to_json() + "\n", encoding="utf-8")
+        print(f"# full result: {target}")
+    return 0
+
+
+def format_bench_table(result: BenchResult) -> str:
+    """The CLI's report: one line per path, then what ``kvviz.report`` says about the result."""
+    env, config = result.environment, result.config
+    marks = [config.prompt_tokens + k for k in (10, 100, config.tokens - 1) if 1 <= k <= config.tokens - 1]
+    marks = sorted(set(marks))
+    lines = [
+        f"# {env.describe()}; torch threads: {env.threads}",
+        f"# prompt {config.prompt_tokens} tokens, {config.tokens} new tokens; {config.repeats} timed runs "
+        f"({config.naive_repeats} for naive) after a {config.warmup_tokens}-token warm-up; ms are medians "
+        "[min-max] across runs; @N is the decode step at position N (prompt + step); 1st call is the "
+        "path's first decode step (its warm-up)",
+        f"{'path':9s} {'prefill':>8s} {'ms/token':>9s} {'[min-max]':>15s} "
+        + " ".join(f"{'@' + str(m):>8s}" for m in marks)
+        + f" {'1st call':>9s} {'vs naive':>8s}  tokens",
+    ]
+    for path in result.paths:
+        if not path.ok:
+            lines.append(report.path_status_sentence(path))
+            continue
+        spread = path.ms_per_token
+        at = [path.steps.ms_at(m) for m in marks]
+        speedup = result.speedup_vs_naive(path.path)
+        match = {True: "same", False: f"DIFFER from token {path.first_mismatch}", None: "-"}[path.matches_reference]
+        cold = path.cold_first_step_ms
+        lines.append(
+            f"{path.path:9s} {path.prefill_ms.median:8.1f} {spread.median:9.2f} "
+            f"{f'[{spread.low:.1f}-{spread.high:.1f}]':>15s} "
+            + " ".join(f"{v:8.1f}" if v is not None else f"{'-':>8s}" for v in at)
+            + (f" {cold:9.1f} " if cold is not None else f" {'-':>9s} ")
+            + (f"{speedup:7.1f}x" if speedup is not None else f"{'-':>8s}")
+            + f"  {match}" + (f" ({path.reason})" if path.reason else "")
+        )
+    growth = report.naive_growth_sentence(result)
+    if growth is not None:
+        lines.append(f"# {growth}")
+    sentences = [*report.crossover_sentences(result), *report.growth_sentences(result),
+                 report.peak_sentence(result), *report.bandwidth_sentences(result)]
+    lines.extend(f"# {sentence}" for sentence in sentences)
+    lines.extend(f"# WARNING: {warning}" for warning in report.warnings(result))
+    if not result.complete:
+        lines.append("# stopped early: figures cover the runs that finished")
+    lines.append(f"# wall time {result.wall_seconds:.1f} s (warm-ups, setup and device measurement included)")
+    return "\n".join(lines)
+
+
+# ----- memory ---------------------------------------------------------------------------------------------------
+
+def _at_most(limit: int, what: str) -> Any:
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{what} is at most {limit:,}, got {value:,}")
+        return value
+    return parse
+
+
+def _precision_argument(table: dict[str, Precision]) -> Any:
+    def parse(text: str) -> Precision:
+        try:
+            return parse_precision(text, table)
+        except InputError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def _reserve(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share such as 0.1 or 10%, got '{text}'") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 0.99, got {text}")
+    return value
+
+
+def _add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m kvviz memory``."""
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--preset", help="a model preset (see --list)")
+    what.add_argument("--config", help="a config.json file or a local model folder holding one")
+    what.add_argument("--list", action="store_true", help="list the presets and their bytes per token")
+    parser.add_argument("--context", type=_at_most(MAX_CONTEXT, "the context"),
+                        help=f"tokens per sequence, at most {MAX_CONTEXT:,} (required with --preset/--config)")
+    parser.add_argument("--batch", type=_at_most(MAX_BATCH, "the batch"), default=1,
+                        help=f"sequences held at once, at most {MAX_BATCH:,} (default 1)")
+    parser.add_argument("--dtype", type=_precision_argument(WEIGHT_PRECISIONS), default=BF16,
+                        help="weights dtype: fp32, fp16, bf16, fp8, int8, int4 (default bf16; the cache follows "
+                             "unless --cache-dtype)")
+    parser.add_argument("--cache-dtype", type=_precision_argument(CACHE_PRECISIONS), default=None,
+                        help="KV cache dtype: fp32, fp16, bf16, fp8, int8, int4 (default: --dtype)")
+    parser.add_argument("--group-size", type=positive_int, default=DEFAULT_CACHE_GROUP,
+                        help=f"elements per scale/zero-point group of an int8/int4 cache (default "
+                             f"{DEFAULT_CACHE_GROUP})")
+    parser.add_argument("--params", type=positive_int, default=None,
+                        help="parameter count, when a --config's architecture cannot be counted")
+    parser.add_argument("--gpu", type=str, default=None, help=f"also fit on a GPU: {', '.join(GPUS)}")
+    parser.add_argument("--reserve", type=_reserve, default=DEFAULT_RESERVE,
+                        help="share of GPU memory kept for activations and the CUDA context (default 0.1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _memory(args: argparse.Namespace) -> int:
+    """``python -m kvviz memory``: bytes of weights and KV cache for a preset or a config.json."""
+    if args.list:
+        return _print_presets(args.json)
+    if not args.preset and not args.config:
+        raise InputError("Choose a model: --preset NAME (see --list) or --config PATH.")
+    if args.context is None:
+        raise InputError("Pass --context N: the number of tokens per sequence.")
+    gpu = parse_gpu(args.gpu) if args.gpu else None
+    from kvviz.kv_configs import get_preset, spec_from_config_path
+
+    spec = get_preset(args.preset) if args.preset else spec_from_config_path(args.config, args.params)
+    if args.params:
+        spec = replace(spec, parameters=args.params)
+    cache_source = args.cache_dtype or CACHE_PRECISIONS[args.dtype.key]
+    cache = cache_source.with_group_size(args.group_size)
+    est = estimate(spec, args.context, args.batch, args.dtype, cache)
+    fit = fit_on_gpu(est, gpu, args.reserve) if gpu else None
+    if args.json:
+        out = est.to_dict()
+        if fit is not None:
+            out["fit"] = fit.to_dict()
+        print(json.dumps(out, indent=2))
+        return 0
+    for line in _memory_report_lines(est, fit):
+        print(line)
+    return 0
+
+
+def _memory_report_lines(est: MemoryEstimate, fit: Fit | None) -> Iterable[str]:
+    spec = est.spec
+    yield f"# {spec.name} — {spec.attention_kind}; {spec.geometry()}"
+    yield f"# source: {spec.source}"
+    cache = est.cache_precision
+    rows = [
+        ("KV cache per token", est.kv_bytes_per_token, f"in {cache.label}"),
+        ("KV cache per sequence", est.kv_bytes_per_sequence, f"at {est.context:,} tokens"),
+        (f"KV cache, batch {est.batch:,}", est.kv_bytes_total, ""),
+        ("weights", est.weights_bytes,
+         f"{spec.parameters:,} parameters in {est.weights_precision.key}" if spec.parameters
+         else "parameter count unknown: pass --params"),
+        ("weights + KV cache", est.total_bytes, ""),
+        ("one KV head per query head", est.kv_bytes_per_sequence_without_sharing,
+         f"per sequence ({est.sharing_factor:,.1f}× the cache)"),
+    ]
+    for label, value, detail in rows:
+        yield f"{label:28s} {format_bytes(value):>12s}  {value:>20,d} bytes  {detail}".rstrip()
+    yield est.sentence()
+    if spec.shares_kv:
+        yield est.sharing_sentence()
+    if fit is not None:
+        yield fit.sentence()
+    yield "Units: KiB/MiB/GiB = 2^10/2^20/2^30 bytes (1 GiB = 1.074 GB)."
+
+
+def _print_presets(as_json: bool) -> int:
+    from kvviz.kv_configs import all_presets
+
+    specs = all_presets()
+    if as_json:
+        print(json.dumps([{
+            "key": s.key, "name": s.name, "source": s.source, "attention": s.attention_kind, "layers": s.layers,
+            "query_heads": s.query_heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim,
+            "parameters": s.parameters, "max_context": s.max_context,
+            "kv_bytes_per_token_bf16": kv_bytes_per_token(s, BF16),
+        } for s in specs], indent=2))
+        return 0
+    print(f"{'preset':15s} {'attention':34s} {'layers':>6s} {'params':>8s} {'context':>9s} "
+          f"{'KV/token bf16':>14s}  source")
+    for s in specs:
+        print(f"{s.key:15s} {s.attention_kind:34s} {s.layers:6d} {s.parameters / 1e9:7.2f}B {s.max_context:9,d} "
+              f"{format_bytes(kv_bytes_per_token(s, BF16)):>14s}  {s.source}")
+    print("Or --config PATH for any config.json / local model folder. Units: KiB = 1,024 bytes.")
+    return 0
+
+
+# ----- the parser ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand."""
     parser = _OneLineParser(prog="python -m kvviz", description="kvviz: see the KV cache of a real transformer.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     commands.add_parser("models", help="list models and whether each is available").set_defaults(run=_models)
-    step = commands.add_parser("step", help="step a model token by token and print the cache")
-    _add_step_arguments(step)
-    step.set_defaults(run=_step)
-    # Only the chosen subcommand's module is imported: `memory` is arithmetic and should not wait for torch.
-    chosen = _chosen_command(argv)
-    for name, help_text in FEATURE_COMMANDS.items():
+    subcommands = (
+        ("step", "step a model token by token and print the cache", _add_step_arguments, _step),
+        ("bench", "time decode paths (naive, cached, static, CUDA graphs, generate) on the same tokens",
+         _add_bench_arguments, _bench),
+        ("memory", "KV cache size calculator", _add_memory_arguments, _memory),
+    )
+    for name, help_text, add_arguments, run in subcommands:
         sub = commands.add_parser(name, help=help_text)
-        if chosen == name:
-            module = importlib.import_module(f"kvviz.{name}")
-            module.add_arguments(sub)
-            sub.set_defaults(run=module.run)
+        add_arguments(sub)
+        sub.set_defaults(run=run)
     return parser
 
 
-def _chosen_command(argv: Sequence[str] | None) -> str | None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    return next((arg for arg in args if not arg.startswith("-")), None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command in ("models", "step", "bench"):
         from transformers.utils import logging as transformers_logging
 

@@ -1,14 +1,16 @@
 """Arithmetic cost of one forward call: FLOPs (estimate) and bytes that must move (weights + KV cache read).
 
 Matrix multiplies dominate a decoder: each parameter of a linear layer costs 2 FLOPs (multiply + add) per token
-processed, and attention costs 2·2·q_heads·head_dim FLOPs per (query, key) pair (QKᵀ and the weighted sum of V).
-Norms, rotary embeddings and the softmax are left out, so the figures are slight underestimates. Only the last
-position's logits are computed (``logits_to_keep=1``), so the LM head counts once per call.
+processed, and attention costs 2·2·q_heads·head_dim FLOPs per (query, key) pair (QKᵀ and the weighted sum of V),
+counted layer by layer with each layer's own window (``kvviz.kv_formula.attention_flops``). Norms, rotary embeddings
+and the softmax are left out, so the figures are slight underestimates. Only the last position's logits are
+computed (``logits_to_keep=1``), so the LM head counts once per call.
 """
 
 from __future__ import annotations
 
-from kvviz.models import ModelCard
+from kvviz.kv_formula import attention_flops
+from kvviz.models import LoadedModel, ModelCard
 
 
 def linear_parameters(card: ModelCard, vocab_size: int, hidden_size: int) -> int:
@@ -16,15 +18,9 @@ def linear_parameters(card: ModelCard, vocab_size: int, hidden_size: int) -> int
     return max(card.parameters - vocab_size * hidden_size, 0)
 
 
-def forward_flops(card: ModelCard, vocab_size: int, hidden_size: int, new_tokens: int, context: int) -> float:
+def forward_flops(loaded: LoadedModel, vocab_size: int, hidden_size: int, new_tokens: int, context: int) -> float:
     """FLOPs of one call processing ``new_tokens`` queries whose keys span up to ``context`` positions."""
-    linear = 2.0 * linear_parameters(card, vocab_size, hidden_size) * new_tokens
-    # Query i (0-based among the new ones) sees context - new_tokens + i + 1 keys; sum over the new queries.
-    first = context - new_tokens + 1
-    pairs = new_tokens * (first + context) / 2.0
-    window = card.sliding_window
-    if window is not None:
-        pairs = min(pairs, new_tokens * float(window))
-    attention = 4.0 * card.layers * card.query_heads * card.head_dim * pairs
+    linear = 2.0 * linear_parameters(loaded.card, vocab_size, hidden_size) * new_tokens
+    attention = attention_flops(loaded.spec, new_tokens, context)
     head = 2.0 * vocab_size * hidden_size
     return linear + attention + head

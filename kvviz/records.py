@@ -3,7 +3,10 @@
 A ``StepRecord`` is what one call of a stepper produced: which token it chose and with what alternatives, what the
 cache holds, the attention of the queries of that call, how long it took, and (in compare mode) how the naive
 recompute agreed. It holds no tensors: only ints, floats, strings and NumPy arrays. A ``Trace`` is the list of
-records of one prompt plus what it ran on, with a JSON export. Nothing here computes model outputs.
+records of one prompt plus what it ran on, with a JSON export. ``LayerCacheStat`` is one layer's line of a
+record's cache report (``InstrumentedCache.layer_stats`` fills it in).
+
+What it does not do: compute model outputs, or import torch or transformers (a test checks it): records are data.
 """
 
 from __future__ import annotations
@@ -14,7 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from kvviz.cache import LayerCacheStat
+
+@dataclass(frozen=True)
+class LayerCacheStat:
+    """One layer's cache after a call."""
+
+    layer: int
+    positions_seen: int  # tokens that went through this layer's cache so far
+    stored: int  # tokens whose K/V are held now (smaller than positions_seen for a full sliding window)
+    shape: tuple[int, ...]  # of the key tensor: (batch, kv_heads, stored, head_dim)
+    dtype: str
+    bytes: int  # keys + values, from the live tensors
+    sliding_window: int | None
+    appended: tuple[int, int]  # [start, stop) absolute positions appended by the last call
 
 
 @dataclass(frozen=True)

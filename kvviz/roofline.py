@@ -19,11 +19,12 @@ import functools
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from kvviz.models import ModelCard
+from kvviz.bench_results import DevicePeak
+from kvviz.kv_formula import ModelSpec, Precision, kv_bytes_per_token, kv_cache_bytes
 from kvviz.timing import synchronize
 
 # Bytes of the buffer copied to measure bandwidth: far larger than any CPU's last-level cache, so the copy streams
@@ -61,27 +62,6 @@ KNOWN_GPUS: tuple[KnownGpu, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class DevicePeak:
-    """The roofs of the roofline: what the device can move and compute at best, and where each figure came from."""
-
-    memory_bytes_per_s: float
-    memory_source: str
-    flops_per_s: float
-    flops_source: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "memory_bytes_per_s": self.memory_bytes_per_s, "memory_source": self.memory_source,
-            "flops_per_s": self.flops_per_s, "flops_source": self.flops_source,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DevicePeak":
-        return cls(float(data["memory_bytes_per_s"]), str(data["memory_source"]), float(data["flops_per_s"]),
-                   str(data["flops_source"]))
-
-
 def device_name(device: torch.device | str) -> str:
     """A human name for the device: the GPU model, or the CPU model from /proc/cpuinfo."""
     device = torch.device(device)
@@ -111,14 +91,7 @@ def measure_memory_bandwidth(device: torch.device | str, nbytes: int = COPY_BYTE
     source = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     target = torch.empty_like(source)
     target.copy_(source)  # first touch: page faults and allocation are not bandwidth
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        target.copy_(source)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * source.nbytes / best
+    return 2.0 * source.nbytes / _best_seconds(device, lambda: target.copy_(source), repeats)
 
 
 def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype, repeats: int = 3) -> float:
@@ -129,14 +102,19 @@ def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype, repeats
     a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     torch.matmul(a, b)
+    return 2.0 * size**3 / _best_seconds(device, lambda: torch.matmul(a, b), repeats)
+
+
+def _best_seconds(device: torch.device, work: Callable[[], object], repeats: int) -> float:
+    """The shortest of ``repeats`` device-synchronised timings of ``work()``."""
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
-        torch.matmul(a, b)
+        work()
         synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+    return best
 
 
 def device_peak(device: torch.device | str, dtype: torch.dtype) -> DevicePeak:
@@ -175,13 +153,15 @@ def weight_bytes_read(model: Any) -> int:
     return total
 
 
-def kv_bytes_per_position(card: ModelCard, dtype: torch.dtype) -> int:
-    """Keys + values of one position across all layers: 2 · layers · kv_heads · head_dim · bytes per element."""
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * card.layers * card.kv_heads * card.head_dim * element
+def step_bytes(weights: int, spec: ModelSpec | None, precision: Precision, attended: int, new_tokens: int) -> float:
+    """Bytes one call must move: all weights, the K/V each layer reads and the new K/V written.
 
-
-def step_bytes(weights: int, kv_per_position: int, context: int, new_tokens: int, window: int | None = None) -> float:
-    """Bytes one call must move: all weights, the K/V of every attended position read, the new K/V written."""
-    attended = min(context, window) if window else context
-    return float(weights + kv_per_position * (attended + new_tokens))
+    Each layer reads the K/V of ``attended`` positions, capped at its own window (``kvviz.kv_formula.kv_cache_bytes``):
+    hybrid models mix layers that read everything with layers that read their window. ``spec`` None is a call
+    that keeps no cache (the naive path): it moves the weights only.
+    """
+    if spec is None:
+        return float(weights)
+    read = kv_cache_bytes(spec, attended, 1, precision)
+    written = new_tokens * kv_bytes_per_token(spec, precision)
+    return float(weights + read + written)

@@ -212,7 +212,7 @@ class _BaseStepper:
             cache_bytes=sum(layer.bytes for layer in layers),
             ms=timer.ms,
             tokens_processed=processed,
-            flops=forward_flops(self.loaded.card, self._vocab, self._hidden, processed, len(self.ids)),
+            flops=forward_flops(self.loaded, self._vocab, self._hidden, processed, len(self.ids)),
             attention=attention,
             kv_rows=tuple(rows) if rows else None,
             capture_ms=capture_ms,

@@ -23,7 +23,7 @@ timeout 330 $PY -m kvviz bench --model smollm2-135m --device "$DEVICE" --dtype "
 echo "== live cache against the formula (bytes held, CUDA allocator growth)"
 timeout 90 $PY - "$OUT_DIR/live-check.json" "$DEVICE" "$DTYPE" <<'PY'
 import json, sys
-from kvviz.memory import measure_live_cache
+from kvviz.live_check import measure_live_cache
 from kvviz.models import load_model
 loaded = load_model("smollm2-135m", device=sys.argv[2], dtype=sys.argv[3])
 for prompt, new in ((256, 32), (1024, 64)):

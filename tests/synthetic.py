@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvviz.cache import LayerCacheStat
-from kvviz.records import Candidate, StepRecord, Trace
+from kvviz.records import Candidate, LayerCacheStat, StepRecord, Trace
 
 
 def synthetic_trace(prompt_tokens: int, decode_steps: int, layers: int = 30, query_heads: int = 9,

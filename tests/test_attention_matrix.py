@@ -12,19 +12,16 @@ from kvviz import attention_matrix as am
 from kvviz.charts import attention as charts
 from kvviz.models import ModelCard
 from kvviz.records import StepRecord, Trace
-from kvviz.stepper import DEFAULT_PROMPT, Stepper
+from kvviz.stepper import DEFAULT_PROMPT
+from kvviz.trace_analysis import kv_head_of, query_groups, query_heads_sharing
+from stepped import stepped_trace
 from tiny_models import sliding_mistral
 
 PROMPT = "The cat sat on the mat. The cat"
 
 
 def cached_trace(loaded, steps: int, prompt: str = PROMPT, chat_template: bool = False) -> Trace:
-    stepper = Stepper(loaded)
-    trace = Trace(model=loaded.card.name, device="cpu", dtype=loaded.dtype_name)
-    trace.append(stepper.prefill(prompt, chat_template=chat_template))
-    for _ in range(steps):
-        trace.append(stepper.step())
-    return trace
+    return stepped_trace(loaded, prompt, steps, chat_template=chat_template)[1]
 
 
 def causal_rows(rng: np.random.Generator, heads: int, queries: range, length: int) -> np.ndarray:
@@ -177,10 +174,11 @@ def test_memory_formula_matches_what_a_trace_holds(tiny_llama):
 def test_grouped_query_heads_map_to_their_kv_head():
     card = ModelCard(key="k", name="n", source="s", architecture="llama", layers=30, query_heads=9, kv_heads=3,
                      head_dim=64, context_length=2048, licence="-")
-    assert [am.kv_head_of(card, h) for h in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert am.query_heads_sharing(card, 4) == [3, 4, 5]
+    per = card.queries_per_kv_head
+    assert [kv_head_of(h, per) for h in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2] == query_groups(9, 3)
+    assert query_heads_sharing(4, per) == [3, 4, 5]
     mha = replace(card, kv_heads=9)
-    assert am.query_heads_sharing(mha, 4) == [4]
+    assert query_heads_sharing(4, mha.queries_per_kv_head) == [4]
 
 
 @pytest.mark.parametrize("n, factor", [(10, 3), (12, 4), (7, 1), (9, 9)])
@@ -245,18 +243,18 @@ def test_short_matrices_are_drawn_cell_for_cell_with_token_labels():
     z = np.asarray(fig.data[0].z, dtype=float)
     np.testing.assert_allclose(np.tril(z), np.tril(matrix), atol=1e-7)
     assert np.all(np.isnan(z[np.triu_indices(9, k=1)]))
-    assert list(fig.data[0].x) == [charts.token_label(t, i) for i, t in enumerate(trace.token_texts())]
+    assert list(fig.data[0].x) == [charts.position_label(t, i) for i, t in enumerate(trace.token_texts())]
     assert "pooled" not in fig.layout.title.text
     empty = charts.head_heatmap(np.zeros((0, 0)), [], prompt_tokens=0, title="empty")
     assert len(empty.data) == 0
 
 
-def test_token_labels_show_whitespace_and_stay_unique():
-    assert charts.token_label("\n", 3) == "3·↵"
-    assert charts.token_label(" ", 4) == "4·␣"
-    assert charts.token_label(" the", 5) == "5· the"
-    assert charts.token_label("x" * 40, 6).endswith("…")
-    assert len({charts.token_label("a", i) for i in range(5)}) == 5
+def test_position_labels_show_whitespace_and_stay_unique():
+    assert charts.position_label("\n", 3) == "3·⏎"
+    assert charts.position_label(" ", 4) == "4·␣"
+    assert charts.position_label(" the", 5) == "5· the"
+    assert charts.position_label("x" * 40, 6).endswith("…")
+    assert len({charts.position_label("a", i) for i in range(5)}) == 5
 
 
 def test_token_view_shades_visible_keys_and_fades_later_ones():

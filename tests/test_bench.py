@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 import torch
 
+from kvviz import report
 from kvviz.bench import BenchProgress, benchmark_prompt, parse_paths, run_benchmark
 from kvviz.bench_results import (
-    FORMAT, PATHS, BenchConfig, BenchResult, Environment, PathResult, Spread, StepSeries, check_tokens,
+    FORMAT, PATHS, BenchConfig, BenchResult, DevicePeak, Environment, PathResult, Spread, StepSeries, check_tokens,
     fit_quadratic,
 )
 from kvviz.charts import speed as charts
 from kvviz.errors import InputError
+from kvviz.kv_formula import FP32
 from kvviz.models import LoadedModel, load_random_model, tiny_config
-from kvviz.roofline import (
-    DevicePeak, known_gpu, kv_bytes_per_position, measure_memory_bandwidth, step_bytes, weight_bytes_read,
-)
+from kvviz.roofline import known_gpu, measure_memory_bandwidth, step_bytes, weight_bytes_read
 
 CPU_PATHS = ("naive", "dynamic", "kvviz", "static", "generate")
 SMALL = BenchConfig(tokens=12, prompt_tokens=8, repeats=2, naive_repeats=1, warmup_tokens=2)
@@ -194,6 +194,15 @@ def _path(name: str, tokens: tuple[int, ...], ms: list[float] | None = None, pro
                       steps=steps)
 
 
+def _linear_naive(other: str, other_ms: float, tokens: int, prompt: int, base: float, slope: float,
+                  prefill: float = 5.0) -> BenchResult:
+    """Naive steps costing ``base + slope·position`` ms beside ``other`` at a flat ``other_ms``, on the same tokens."""
+    naive_ms = [base + slope * (prompt + k) for k in range(1, tokens)]
+    ids = tuple(range(tokens))
+    return _result((_path("naive", ids, naive_ms, prompt, prefill=prefill),
+                    _path(other, ids, [other_ms] * (tokens - 1), prompt)), tokens, prompt)
+
+
 def _result(paths: tuple[PathResult, ...], tokens: int, prompt: int = 10) -> BenchResult:
     env = Environment("m", "model", "llama", 1, "cpu", "a CPU", "float32", "t", "tf", "k", "py", "os", 2, None)
     return BenchResult(env, BenchConfig(tokens=tokens, prompt_tokens=prompt), DevicePeak(1e10, "x", 1e11, "y"),
@@ -225,10 +234,7 @@ def test_naive_fit_and_crossover_on_synthetic_steps():
     # Naive token j (0 = the prefill, at position 10) costs 20 + 0.5·(10 + j) ms, so n tokens take
     # Σ (25 + 0.5·j) = 25·n + 0.25·n·(n − 1) = 24.75·n + 0.25·n². Cached steps cost 30 ms.
     prompt, tokens = 10, 101
-    naive_ms = [20.0 + 0.5 * (prompt + k) for k in range(1, tokens)]
-    ids = tuple(range(tokens))
-    result = _result((_path("naive", ids, naive_ms, prompt, prefill=20.0 + 0.5 * prompt),
-                      _path("dynamic", ids, [30.0] * (tokens - 1), prompt)), tokens, prompt)
+    result = _linear_naive("dynamic", 30.0, tokens, prompt, base=20.0, slope=0.5, prefill=20.0 + 0.5 * prompt)
     fit = result.naive_fit()
     assert fit.b == pytest.approx(0.25) and fit.a == pytest.approx(24.75) and fit.r2 == pytest.approx(1.0)
     assert result.crossover_position("dynamic") == 21  # 20 + 0.5·21 = 30.5 > 30 first at position 21
@@ -239,7 +245,7 @@ def test_naive_fit_and_crossover_on_synthetic_steps():
     step_fit = result.naive_step_fit()  # per step: 20 + 0.5·position exactly
     assert step_fit.intercept == pytest.approx(20.0) and step_fit.slope == pytest.approx(0.5)
     assert summary["naive_step_fit"]["slope_ms_per_token"] == pytest.approx(0.5)
-    assert "0.500 ms per token of context" in result.naive_growth_sentence()
+    assert "0.500 ms per token of context" in report.naive_growth_sentence(result)
 
 
 def test_a_flat_naive_run_says_no_quadratic_growth_was_measured():
@@ -252,7 +258,7 @@ def test_a_flat_naive_run_says_no_quadratic_growth_was_measured():
                       _path("dynamic", ids, [30.0] * (tokens - 1), prompt)), tokens, prompt)
     assert result.naive_fit().r2 > 0.99  # the cumulative fit alone would look convincing
     assert result.naive_step_fit().slope < 0
-    assert result.naive_growth_sentence().startswith("No quadratic growth measured")
+    assert report.naive_growth_sentence(result).startswith("No quadratic growth measured")
 
 
 # ----- JSON format ----------------------------------------------------------------------------------------------
@@ -325,10 +331,12 @@ def test_bytes_per_step_count_weights_and_the_kv_read_and_written(tiny_llama):
     card = tiny_llama.card
     weights = weight_bytes_read(tiny_llama.model)
     assert weights == sum(p.numel() * 4 for p in tiny_llama.model.parameters())  # tied embeddings: all read
-    per_position = kv_bytes_per_position(card, torch.float32)
-    assert per_position == 2 * card.layers * card.kv_heads * card.head_dim * 4
-    assert step_bytes(weights, per_position, context=100, new_tokens=1) == weights + per_position * 101
-    assert step_bytes(weights, per_position, context=100, new_tokens=1, window=10) == weights + per_position * 11
+    per_position = 2 * card.layers * card.kv_heads * card.head_dim * 4
+    assert step_bytes(weights, tiny_llama.spec, FP32, attended=100, new_tokens=1) == weights + per_position * 101
+    sliding = replace(tiny_llama.spec, groups=tuple(replace(g, kind="sliding", window=10)
+                                                    for g in tiny_llama.spec.groups))
+    assert step_bytes(weights, sliding, FP32, attended=100, new_tokens=1) == weights + per_position * 11
+    assert step_bytes(weights, None, FP32, attended=100, new_tokens=1) == weights  # no cache: the weights only
 
 
 def test_known_gpus_match_whole_words_and_memory_bandwidth_is_measured():
@@ -369,10 +377,7 @@ def test_every_chart_draws_each_measured_path_with_units_and_the_device(builder,
 
 def test_charts_handle_a_two_thousand_token_run():
     tokens, prompt = 2000, 16
-    naive_ms = [5.0 + 0.01 * (prompt + k) for k in range(1, tokens)]
-    ids = tuple(range(tokens))
-    result = _result((_path("naive", ids, naive_ms, prompt), _path("kvviz", ids, [4.0] * (tokens - 1), prompt)),
-                     tokens, prompt)
+    result = _linear_naive("kvviz", 4.0, tokens, prompt, base=5.0, slope=0.01)
     for builder in BUILDERS:
         fig = builder(result)
         assert fig.data
@@ -446,12 +451,33 @@ def test_runs_that_disagree_are_flagged_and_steady_ones_are_not():
     steady = replace(_path("dynamic", ids), runs=3, ms_per_token=Spread(2.0, 1.9, 2.2))
     noisy = replace(_path("kvviz", ids), runs=3, ms_per_token=Spread(17.27, 2.63, 22.71))
     single = replace(_path("naive", ids), runs=1, ms_per_token=Spread(50.0, 50.0, 50.0))
-    assert _result((single, steady), 4).noise_sentence() is None
+    assert report.noise_sentence(_result((single, steady), 4)) is None
     result = _result((single, steady, noisy), 4)
     assert [p.path for p in result.noisy_paths()] == ["kvviz"]
-    sentence = result.noise_sentence()
+    sentence = report.noise_sentence(result)
     assert sentence.startswith("Runs disagree: kvviz's 3 runs 2.63–22.71 ms/token (8.6×).")
     assert "dynamic" not in sentence
+
+
+def test_the_cli_table_says_what_the_report_module_says():
+    """The Speed page shows report.warnings / crossover_sentences; the CLI's table must carry the same words."""
+    from dataclasses import replace
+
+    from kvviz.cli import format_bench_table
+
+    ids = (1, 2, 3, 4)
+    naive = _path("naive", ids, ms=[5.0, 6.0, 7.0])
+    noisy = replace(_path("kvviz", (1, 2, 9, 4)), runs=3, ms_per_token=Spread(3.0, 1.0, 9.0))
+    paths, reference = check_tokens((naive, _path("dynamic", ids), noisy))
+    result = replace(_result(paths, 4), reference_path=reference)
+    table = format_bench_table(result)
+    warnings = report.warnings(result)
+    assert len(warnings) == 2 and warnings[1].startswith("Not every path chose the same tokens as dynamic")
+    for sentence in warnings:
+        assert f"# WARNING: {sentence}" in table
+    for sentence in [*report.crossover_sentences(result), report.peak_sentence(result),
+                     *report.bandwidth_sentences(result)]:
+        assert f"# {sentence}" in table
 
 
 def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
@@ -469,11 +495,12 @@ def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
     # c = 3.02: the n-th naive step exceeds it from n = 26 (position prompt + n − 1 = 35); the fit's n* = 25.7.
     late = result(a=0.5, c=3.02)
     assert late.predicted_crossover_position("kvviz") == pytest.approx(prompt + 25.7 - 1)
-    assert late.crossover_sentence("kvviz") == "kvviz beats naive at every step from position 35 (the naive fit predicts 35)"
+    assert report.crossover_sentence(late, "kvviz") == (
+        "kvviz beats naive at every step from position 35 (the naive fit predicts 35)")
     # Naive far slower from the start: the fit's solution lies before the first token and is clamped there.
     early = result(a=50.0, c=3.02)
     assert early.predicted_crossover_position("kvviz") == prompt
-    assert early.crossover_sentence("kvviz") == (
+    assert report.crossover_sentence(early, "kvviz") == (
         "kvviz beats naive at every step from position 11 (the naive fit agrees: naive is slower from the first token)")
     # The fit says "from the first token" but the measurement disagrees (one slow cached step late in the run):
     # the sentence gives both without calling them in agreement.
@@ -481,6 +508,6 @@ def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
     slow_end = replace(late_slow.path("kvviz"), steps=replace(
         late_slow.path("kvviz").steps, median_ms=(3.02,) * (tokens - 2) + (500.0,)))
     disagreeing = _result((late_slow.path("naive"), slow_end), tokens, prompt)
-    assert disagreeing.crossover_sentence("kvviz") == (
+    assert report.crossover_sentence(disagreeing, "kvviz") == (
         "kvviz beats naive at every step from position — (not within this run) "
         "(the naive fit has naive slower from the first token)")

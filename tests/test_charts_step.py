@@ -14,10 +14,11 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
+from kvviz import trace_analysis as analysis
 from kvviz.charts import step as charts
-from kvviz.charts.style import NEWEST
+from kvviz.charts.style import NEWEST, NEWLINE, token_label
 from kvviz.records import Trace
-from kvviz.stepper import CompareStepper
+from stepped import stepped_trace
 from synthetic import synthetic_trace
 
 BUILDERS = {
@@ -36,11 +37,7 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def stepped(tiny_llama):
     """tiny-llama after a prefill and ``STEPS`` decode steps, compared with the naive path, K/V rows recorded."""
-    stepper = CompareStepper(tiny_llama, capture_attention=True, record_kv=True)
-    trace = Trace(model="tiny-llama", device="cpu", dtype="float32")
-    trace.append(stepper.prefill("The quick brown fox"))
-    for _ in range(STEPS):
-        trace.append(stepper.step())
+    stepper, trace = stepped_trace(tiny_llama, "The quick brown fox", STEPS, compare=True, record_kv=True)
     return trace, stepper
 
 
@@ -78,7 +75,7 @@ def test_every_builder_names_its_question_units_and_what_it_ran_on(name, stepped
     assert fig.data
     question, note = title(fig).split("<br>")
     assert question.endswith("?")
-    assert note.endswith("measured on tiny-llama · cpu · float32</sup>")
+    assert note.endswith("measured on tiny-llama (random weights, seed 0) · cpu · float32</sup>")  # the card name
     assert fig.layout.xaxis.title.text
     assert fig.layout.yaxis.title.text or name == "candidates"  # its y axis is the tokens themselves
     for data in fig.data:
@@ -97,7 +94,7 @@ def test_every_builder_handles_a_2000_token_trace(name, long_trace):
 
 def test_kv_strip_is_the_live_cache_seen_from_the_trace(stepped):
     trace, stepper = stepped
-    key_norms, value_norms, first = charts.kv_norms(trace)
+    key_norms, value_norms, first = analysis.kv_norms(trace)
     assert first == 0
     for layer, cache_layer in enumerate(stepper.cached.cache.layers):
         keys = cache_layer.keys[0].float().numpy()  # (kv_heads, T, head_dim)
@@ -121,21 +118,23 @@ def test_kv_strip_frames_the_column_appended_this_step(stepped):
 
 def test_kv_norms_window_keeps_the_latest_positions():
     trace = synthetic_trace(prompt_tokens=7, decode_steps=30, layers=2, kv_heads=1, head_dim=4)
-    full_keys, _, _ = charts.kv_norms(trace, max_columns=1000)
-    keys, _, first = charts.kv_norms(trace, max_columns=10)
+    full_keys, _, _ = analysis.kv_norms(trace, max_columns=1000)
+    keys, _, first = analysis.kv_norms(trace, max_columns=10)
     assert first == 27 and keys.shape == (2, 10)
     np.testing.assert_array_equal(keys, full_keys[:, 27:])
 
 
-def test_vector_lengths_are_remembered_only_while_their_records_live():
+def test_vector_lengths_are_remembered_only_while_their_trace_lives():
     trace = synthetic_trace(prompt_tokens=5, decode_steps=3, layers=2, kv_heads=1, head_dim=4, seed=1)
-    first = charts.kv_norms(trace)
-    assert all(id(record) in charts._NORM_MEMO for record in trace.records)
-    np.testing.assert_array_equal(charts.kv_norms(trace)[0], first[0])  # the memo answers the same
-    ids = [id(record) for record in trace.records]
-    del trace, first
+    first = analysis.kv_norms(trace)
+    remembered = analysis.memo_of(trace).get(("record norms",), dict)
+    assert sorted(remembered) == list(range(len(trace.records)))  # one entry per record, computed once
+    np.testing.assert_array_equal(analysis.kv_norms(trace)[0], first[0])  # the memo answers the same
+    key = id(trace)
+    assert key in analysis._MEMOS
+    del trace, first, remembered
     gc.collect()
-    assert not any(key in charts._NORM_MEMO for key in ids)
+    assert key not in analysis._MEMOS
 
 
 def test_cache_bytes_sit_on_the_formula_line(stepped):
@@ -211,21 +210,19 @@ def test_timing_keeps_the_prefill_apart_and_sums_the_steps(stepped):
 
 
 def test_token_labels_make_whitespace_visible():
-    assert charts.token_label(" Paris") == "␣Paris"
-    assert charts.token_label("\n") == "⏎"
-    assert charts.token_label("") == "∅"
+    assert token_label(" Paris") == "␣Paris"
+    assert token_label("\n") == "⏎" == NEWLINE
+    assert token_label("") == "∅"
+    # Axes that cannot spare a glyph per space mark spaces only in a token of spaces; newlines look the same.
+    assert token_label(" the\n", mark_spaces=False) == " the⏎"
+    assert token_label("  ", mark_spaces=False) == "␣␣"
 
 
 def test_a_sliding_window_cache_sits_on_the_formula_line_after_the_window_fills():
     """Mistral-style layers with a window of 8 hold at most 7 tokens between calls: the line bends there."""
-    from kvviz.stepper import Stepper
     from tiny_models import sliding_mistral
 
-    stepper = Stepper(sliding_mistral(window=8))
-    trace = Trace(model="tiny-mistral", device="cpu", dtype="float32")
-    trace.append(stepper.prefill("abc"))
-    for _ in range(12):
-        trace.append(stepper.step())
+    _, trace = stepped_trace(sliding_mistral(window=8), "abc", 12)
     measured, formula = charts.cache_bytes_figure(trace).data
     tokens, measured_bytes = np.asarray(measured.x), np.asarray(measured.y) * charts.MIB
     assert measured_bytes.max() == 2 * 2 * 1 * 8 * 4 * 7  # 2 layers hold 7 tokens of K and V each, then stop

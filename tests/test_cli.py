@@ -18,7 +18,8 @@ def test_step_json_contract_with_compare():
     assert result.returncode == 0, result.stderr
     trace = json.loads(result.stdout)
     assert {"model", "device", "dtype", "prompt_tokens", "steps"} <= set(trace)
-    assert trace["model"] == "tiny-llama" and trace["prompt_tokens"] == len("hello there")
+    # The model's name, as in the app's traces (both start with kvviz.tracing.start_trace).
+    assert trace["model"] == "tiny-llama (random weights, seed 0)" and trace["prompt_tokens"] == len("hello there")
     assert len(trace["steps"]) == 5  # the prefill's token, then 4 decode steps
     assert trace["steps"][0]["kind"] == "prefill"
     for offset, step in enumerate(trace["steps"]):

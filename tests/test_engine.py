@@ -211,7 +211,18 @@ def test_engine_imports_without_streamlit():
         "names = [m.name for m in pkgutil.walk_packages(kvviz.__path__, 'kvviz.') if not m.name.startswith(('kvviz.ui', 'kvviz.__main__'))]\n"
         "for name in names: importlib.import_module(name)\n"
         "assert 'streamlit' not in sys.modules, 'streamlit was imported'\n"
-        "assert {'kvviz.bench', 'kvviz.memory', 'kvviz.charts.step', 'kvviz.heads'} <= set(names), names\n"
+        "assert {'kvviz.bench', 'kvviz.kv_formula', 'kvviz.kv_configs', 'kvviz.live_check', 'kvviz.charts.step', 'kvviz.heads'} <= set(names), names\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_data_modules_import_neither_torch_nor_transformers():
+    """Records and benchmark results are data: reading them (a saved result, a trace) needs no model stack; nor
+    does the memory arithmetic."""
+    code = (
+        "import sys, kvviz.records, kvviz.bench_results, kvviz.kv_formula\n"
+        "loaded = sorted({'torch', 'transformers'} & set(sys.modules))\n"
+        "assert not loaded, f'imported {loaded}'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -8,8 +8,7 @@ import torch
 
 from kvviz import heads as hd
 from kvviz.models import load_random_model, tiny_config
-from kvviz.records import Trace
-from kvviz.stepper import Stepper
+from stepped import stepped_trace
 
 T = 8
 
@@ -85,11 +84,7 @@ def test_induction_score_reads_the_token_after_the_earlier_occurrence():
 def test_streamed_trace_scores_equal_scores_of_the_full_matrices(tiny_llama):
     from kvviz.attention_matrix import layer_matrix
 
-    stepper = Stepper(tiny_llama)
-    trace = Trace(model="tiny", device="cpu", dtype="float32")
-    trace.append(stepper.prefill("abcabcabc"))
-    for _ in range(12):
-        trace.append(stepper.step())
+    _, trace = stepped_trace(tiny_llama, "abcabcabc", 12)
     streamed = hd.score_trace(trace)
     whole = hd.score_matrices([layer_matrix(trace, layer) for layer in range(4)], trace.token_ids())
     for measure in hd.MEASURES:

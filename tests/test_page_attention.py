@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from kvviz.records import Trace
-from kvviz.stepper import Sampling, Stepper
+from kvviz.stepper import Sampling
 from kvviz.ui.session import SessionTrace
+from stepped import SESSION_KEY, stepped_session
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "attention.py")
-SESSION_KEY = "kvviz_session"
 
 
 def figure(element) -> dict:
@@ -39,6 +38,15 @@ def generate(at: AppTest, model: str = "tiny-llama", tokens: int = 8, prompt: st
     at.text_area[0].set_value(prompt)
     at.slider[0].set_value(tokens)
     return at.button[0].click().run()
+
+
+def page_with(session: SessionTrace) -> AppTest:
+    """The page run in a browser session that already holds ``session`` (as the Step through page leaves it)."""
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state[SESSION_KEY] = session
+    at.run()
+    assert not at.exception
+    return at
 
 
 def test_without_a_trace_the_page_says_how_to_start():
@@ -72,15 +80,7 @@ def test_generate_fills_the_session_trace_and_draws_every_view(tiny_llama):
 
 
 def test_the_page_reads_the_trace_the_home_page_left_and_one_more_token_adds_a_row(tiny_llama):
-    stepper = Stepper(tiny_llama, sampling=Sampling(), capture_attention=True, max_new_tokens=50)
-    trace = Trace(model=tiny_llama.card.name, device="cpu", dtype="float32")
-    trace.append(stepper.prefill("hello hello"))
-    for _ in range(3):
-        trace.append(stepper.step())
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state[SESSION_KEY] = SessionTrace(model_key="tiny-llama", stepper=stepper, trace=trace)
-    at.run()
-    assert not at.exception
+    at = page_with(stepped_session(tiny_llama, "hello hello", 3, capture_attention=True, max_new_tokens=50))
     assert any("14 tokens (11 prompt + 3 stepped)" in m.value for m in at.markdown)
     matrix = next(c for t, c in charts_by_title(at).items() if t.startswith("What did each token"))
     assert heatmap_z(matrix).shape == (14, 14)
@@ -116,15 +116,7 @@ def test_page_does_no_array_maths_and_the_engine_needs_no_streamlit():
 
 
 def test_a_long_trace_draws_its_matrix_at_once_and_whole_model_views_on_request(tiny_llama):
-    stepper = Stepper(tiny_llama, capture_attention=True, max_new_tokens=50)
-    trace = Trace(model=tiny_llama.card.name, device="cpu", dtype="float32")
-    trace.append(stepper.prefill("abcdefghij" * 60))
-    for _ in range(5):
-        trace.append(stepper.step())
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state[SESSION_KEY] = SessionTrace(model_key="tiny-llama", stepper=stepper, trace=trace)
-    at.run()
-    assert not at.exception
+    at = page_with(stepped_session(tiny_llama, "abcdefghij" * 60, 5, capture_attention=True, max_new_tokens=50))
     titles = charts_by_title(at)
     matrix = next(c for t, c in titles.items() if t.startswith("What did each token"))
     assert heatmap_z(matrix).shape == (202, 202)  # 605 tokens in 3×3 max-pooled blocks
@@ -154,10 +146,7 @@ def test_attention_capture_stops_at_the_session_budget_and_the_page_shows_the_ca
     assert state.attention_trace() is state.attention_trace()  # one object, so the page's per-trace memos hold
     assert all(r.same_token for r in state.trace.records[1:])  # the cache and the comparison go on
 
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.session_state[SESSION_KEY] = state
-    at.run()
-    assert not at.exception
+    at = page_with(state)
     assert any("Attention capture stopped after 11 of the trace's 14 tokens" in m.value for m in at.info)
     matrix = next(c for t, c in charts_by_title(at).items() if t.startswith("What did each token"))
     assert heatmap_z(matrix).shape == (11, 11)

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kvviz.records import Trace
-from kvviz.stepper import Stepper
-from kvviz.ui.session import SessionTrace
+from stepped import SESSION_KEY, stepped_session
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = "app_pages/memory.py"
@@ -80,18 +78,14 @@ def test_live_check_on_a_tiny_model_shows_formula_equal_to_live_bytes():
 
 
 def test_live_check_uses_the_sessions_trace_from_the_step_through_page(tiny_gpt2):
-    stepper = Stepper(tiny_gpt2, capture_attention=False)
-    trace = Trace(model=tiny_gpt2.card.name, device="cpu", dtype="float32")
-    trace.append(stepper.prefill("hello"))
-    for _ in range(3):
-        trace.append(stepper.step())
     at = page()
-    at.session_state["kvviz_session"] = SessionTrace(model_key="tiny-gpt2", stepper=stepper, trace=trace)
+    session = stepped_session(tiny_gpt2, "hello", 3, capture_attention=False)
+    at.session_state[SESSION_KEY] = session
     at.run()
     assert not at.exception
     assert any("your trace on the Step through page" in text for text in texts(at.markdown))
     metrics = {metric.label: metric.value for metric in at.metric}
-    assert metrics["Formula"] == metrics["Live cache (sum of K/V nbytes)"] == f"{trace.records[-1].cache_bytes:,} bytes"
+    assert metrics["Formula"] == metrics["Live cache (sum of K/V nbytes)"] == f"{session.trace.records[-1].cache_bytes:,} bytes"
 
 
 def test_pasted_config_json_is_sized():

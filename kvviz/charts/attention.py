@@ -16,7 +16,8 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from kvviz.attention_matrix import pool_causal, pool_factor
-from kvviz.charts.style import GENERATED, NEWEST, PROMPT, SEQUENTIAL, base_layout
+from kvviz.charts.style import GENERATED, NEWEST, NEWLINE, PROMPT, SEQUENTIAL, base_layout, token_label
+from kvviz.trace_analysis import kv_head_of
 
 # A head's matrix ships at most 256 × 256 = 65,536 cells (≈ 350 KB as float32) whatever the trace length.
 MAX_SIDE = 256
@@ -32,11 +33,9 @@ def sqrt_colorscale(name: str = SEQUENTIAL, steps: int = 24) -> list[list]:
     return [[float(s * s), colour] for s, colour in zip(stops, colours)]
 
 
-def token_label(text: str, position: int, width: int = 12) -> str:
-    """A unique, printable axis label: position and token text with whitespace made visible."""
-    shown = text.replace("\n", "↵").replace("\t", "⇥")
-    if not shown.strip():
-        shown = shown.replace(" ", "␣") or "∅"
+def position_label(text: str, position: int, width: int = 12) -> str:
+    """A unique, printable axis label: position and token text (``style.token_label``), cut to ``width``."""
+    shown = token_label(text, mark_spaces=False)
     shown = shown if len(shown) <= width else shown[: width - 1] + "…"
     return f"{position}·{shown}"
 
@@ -65,7 +64,7 @@ def head_heatmap(matrix: np.ndarray, token_texts: Sequence[str], *, prompt_token
     z = pool_causal(matrix, factor, how)  # (m, m), NaN above the diagonal
     m = z.shape[0]
     if factor == 1:
-        labels = [token_label(t, i) for i, t in enumerate(token_texts[:n])]
+        labels = [position_label(t, i) for i, t in enumerate(token_texts[:n])]
         hover = "query %{y}<br>key %{x}<br>weight %{z:.4f}<extra></extra>"
     else:
         labels = [f"{a * factor}–{min(n, (a + 1) * factor) - 1}" for a in range(m)]
@@ -137,7 +136,7 @@ def _gqa_axes(fig: go.Figure, layers: int, heads: int, queries_per_kv: int) -> N
                      ticktext=[str(i) for i in range(0, layers, layer_step)], showgrid=False, zeroline=False,
                      range=[-0.5, layers - 0.5])
     fig.update_yaxes(tickmode="array", tickvals=list(range(heads)),
-                     ticktext=[f"q{h} (kv{h // queries_per_kv})" for h in range(heads)],
+                     ticktext=[f"q{h} (kv{kv_head_of(h, queries_per_kv)})" for h in range(heads)],
                      autorange="reversed", showgrid=False, zeroline=False)
     if queries_per_kv > 1:
         for boundary in range(queries_per_kv, heads, queries_per_kv):
@@ -184,7 +183,7 @@ def token_view_html(token_texts: Sequence[str], weights: np.ndarray, query: int,
     top = float(visible.max()) if len(visible) and visible.max() > 0 else 1.0
     spans = []
     for position, text in enumerate(token_texts):
-        shown = html.escape(text.replace("\n", "↵\n"))
+        shown = html.escape(text.replace("\n", NEWLINE + "\n"))
         kind = "generated" if position >= prompt_tokens else "prompt"
         if position > query:
             spans.append(f"<span style='opacity:0.35' title='{position}: after the query, not visible'>"

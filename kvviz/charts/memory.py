@@ -1,6 +1,6 @@
 """Plotly figures for the Memory page: cache size vs context, what KV sharing saves, fits on a GPU, formula vs live.
 
-Pure functions of ``kvviz.memory`` objects: they size nothing themselves beyond calling its formulas, and know
+Pure functions of ``kvviz.kv_formula`` objects: they size nothing themselves beyond calling its formulas, and know
 nothing of Streamlit. Sizes are drawn in GiB (2³⁰ bytes) and every hover shows the exact bytes.
 """
 
@@ -16,18 +16,18 @@ import pandas  # noqa: F401
 import plotly.graph_objects as go
 
 from kvviz.charts.style import CACHED, FORMULA, NAIVE, base_layout, measured_on
-from kvviz.memory import (
+from kvviz.kv_formula import (
     GIB,
     KIB,
     MAX_CONTEXT,
     Fit,
-    LiveCheck,
     MemoryEstimate,
     ModelSpec,
     Precision,
     format_bytes,
     kv_cache_bytes,
 )
+from kvviz.live_check import LiveCheck
 
 # Okabe–Ito (then Tol's wine), one colour per compared model; grey and yellow stay free for formulas and highlights.
 MODEL_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#882255")
@@ -177,16 +177,12 @@ def gpu_fit_figure(fits: Sequence[Fit]) -> go.Figure:
               f"{'fits' if fit.fits else f'needs {fit.gpus_needed} GPUs'}</b>" for fit in fits]
     weights = [fit.estimate.weights_bytes / GIB for fit in fits]
     caches = [fit.estimate.kv_bytes_total / GIB for fit in fits]
-    fig.add_trace(go.Bar(
-        y=labels, x=weights, orientation="h", name="weights", marker={"color": WEIGHTS},
-        customdata=[_hover_bytes(fit.estimate.weights_bytes) for fit in fits],
-        hovertemplate="weights: %{customdata}<extra></extra>",
-    ))
-    fig.add_trace(go.Bar(
-        y=labels, x=caches, orientation="h", name="KV cache", marker={"color": KV_CACHE},
-        customdata=[_hover_bytes(fit.estimate.kv_bytes_total) for fit in fits],
-        hovertemplate="KV cache: %{customdata}<extra></extra>",
-    ))
+    for name, colour, sizes in (("weights", WEIGHTS, [fit.estimate.weights_bytes for fit in fits]),
+                                ("KV cache", KV_CACHE, [fit.estimate.kv_bytes_total for fit in fits])):
+        fig.add_trace(go.Bar(
+            y=labels, x=[size / GIB for size in sizes], orientation="h", name=name, marker={"color": colour},
+            customdata=[_hover_bytes(size) for size in sizes], hovertemplate=f"{name}: %{{customdata}}<extra></extra>",
+        ))
     title, note, right = "Does it fit on the GPU?", "choose a model", 1.0
     if fits:
         gpu, est = fits[0].gpu, fits[0].estimate

@@ -227,11 +227,11 @@ def bandwidth_figure(result: BenchResult | None) -> go.Figure:
     if not paths:
         return _empty(fig)
     for path in paths:
-        steps = path.steps
-        rate = np.asarray(steps.bytes_moved) / (np.asarray(steps.median_ms) / 1000.0)
+        used = result.bandwidth_used(path)
         fig.add_trace(go.Scatter(
-            x=list(steps.position), y=100.0 * rate / result.peak.memory_bytes_per_s, mode="lines", name=path.path,
-            line={"color": path_colour(path.path), "width": 2}, customdata=rate / 1e9,
+            x=list(path.steps.position), y=100.0 * used, mode="lines", name=path.path,
+            line={"color": path_colour(path.path), "width": 2},
+            customdata=used * result.peak.memory_bytes_per_s / 1e9,
             hovertemplate=(f"<b>{path.path}</b><br>position %{{x}}: %{{y:.1f}}% "
                            "(%{customdata:.1f} GB/s)<extra></extra>"),
         ))

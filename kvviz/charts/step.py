@@ -5,18 +5,16 @@ names the model, device and dtype it was measured on, in the house layout of ``k
 accepts an empty trace (it then says what to press) and stays quick on a 2,000-token trace: per-position heatmaps
 draw at most ``MAX_COLUMNS`` of the latest positions and say so. The page redraws its figures after every token,
 so they are assembled as plain dicts and handed to Plotly once, unvalidated (validation would cost ~10 ms per
-chart); the tests validate every builder's output instead. The helpers that gather arrays out of the records
-(``kv_norms``, ``newest_attention``) live here too because only these figures need them.
+chart); the tests validate every builder's output instead.
 
-What it does not do: run the model, import Streamlit, or keep state between calls (beyond a memo of per-record
-vector lengths that lives exactly as long as the records).
+What it does not do: analyse the trace (``kvviz.trace_analysis`` gathers the arrays: vector lengths, the newest
+query's attention, the head groups), run the model, import Streamlit, or keep state between calls.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,28 +22,22 @@ import numpy as np
 import plotly.graph_objects as go
 
 from kvviz.charts.style import (
-    CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, OVERHEAD, SEQUENTIAL, VALUES, base_layout, measured_on,
+    CACHED, FORMULA, GENERATED, KEYS, NAIVE, NEWEST, OVERHEAD, SEQUENTIAL, VALUES, base_layout, measured_on, token_label,
 )
-from kvviz.memory import window_tokens_held
+from kvviz.errors import InputError
+from kvviz.kv_formula import (  # format_bytes: the Step through page writes its byte counts with it
+    MIB, ModelSpec, Precision, format_bytes, kv_bytes_per_token, kv_cache_bytes, precision_of_torch_dtype,
+    spec_from_windows,
+)
 from kvviz.records import StepRecord, Trace
+from kvviz.trace_analysis import MAX_COLUMNS, appended_positions, kv_norms, latest, newest_attention, query_groups
 
-# A heatmap wider than this many positions is unreadable on a laptop and slow to ship to the browser.
-MAX_COLUMNS = 512
-MIB = 1024 * 1024
-_BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1}
 # Heatmap scales that fade to transparent at zero, so they read on a light and on a dark background.
 _KEYS_SCALE = [[0.0, "rgba(0,158,115,0.04)"], [1.0, KEYS]]
 _VALUES_SCALE = [[0.0, "rgba(204,121,167,0.04)"], [1.0, VALUES]]
 
 
 # ----- small helpers ------------------------------------------------------------------------------------------------
-
-def token_label(text: str) -> str:
-    """A token's text made visible on an axis: spaces as ␣, newlines as ⏎, tabs as ⇥, empty as ∅."""
-    if text == "":
-        return "∅"
-    return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥").replace("\r", "")
-
 
 def position_labels(trace: Trace, start: int = 0, stop: int | None = None) -> list[str]:
     """Unique category labels ``"12 ␣Paris"`` for positions ``start..stop`` of the trace's context."""
@@ -59,37 +51,46 @@ def note(trace: Trace) -> str:
     return measured_on(trace.model, trace.device, trace.dtype)
 
 
-def latest(trace: Trace) -> StepRecord | None:
-    return trace.records[-1] if trace.records else None
-
-
-def bytes_per_element(dtype: str) -> int:
-    return _BYTES_PER_ELEMENT.get(dtype, 4)
-
-
 @dataclass(frozen=True)
 class CacheGeometry:
-    """The cache's shape as transformers holds it, read off the latest record: ``[1, kv_heads, T, head_dim]``."""
+    """The cache as transformers holds it, read off the latest record (``[1, kv_heads, T, head_dim]`` per layer, each
+    with its own window), as the layer-by-layer spec that ``kvviz.kv_formula`` sizes."""
 
-    layers: int
-    kv_heads: int
-    head_dim: int
+    spec: ModelSpec
+    precision: Precision
     dtype: str
-    element_bytes: int
-    windows: tuple[int | None, ...] = ()  # per layer: its sliding window, None for a full-attention layer
+
+    @property
+    def layers(self) -> int:
+        return self.spec.layers
+
+    @property
+    def kv_heads(self) -> int:
+        return self.spec.kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.spec.head_dim
+
+    @property
+    def element_bytes(self) -> int:
+        return self.precision.bits // 8
+
+    @property
+    def windows(self) -> tuple[int | None, ...]:
+        """Per layer: its sliding window, None for a full-attention layer."""
+        return tuple(self.spec.groups[group].attended_window for group in self.spec.layout)
 
     @property
     def bytes_per_token(self) -> int:
         """2 (K and V) · layers · kv_heads · head_dim · bytes per element (while no window is full)."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.element_bytes
+        return kv_bytes_per_token(self.spec, self.precision)
 
     def bytes_at(self, tokens: np.ndarray) -> np.ndarray:
-        """Cache bytes after a call that leaves ``tokens`` positions seen, each layer holding what
-        ``kvviz.memory.window_tokens_held`` says (a sliding layer at most ``window - 1`` between calls)."""
-        per_layer_token = 2 * self.kv_heads * self.head_dim * self.element_bytes
-        windows = self.windows or (None,) * self.layers
-        held = [sum(window_tokens_held(int(t), w, between_calls=True) for w in windows) for t in tokens]
-        return np.asarray(held, dtype=np.int64) * per_layer_token
+        """Cache bytes after a call that leaves ``tokens`` positions seen, as ``kvviz.kv_formula.kv_cache_bytes`` counts
+        them between two calls (a sliding layer then holds at most ``window - 1`` tokens)."""
+        return np.asarray([kv_cache_bytes(self.spec, int(t), 1, self.precision, between_calls=True) if t > 0 else 0
+                           for t in tokens], dtype=np.int64)
 
     def breakpoints(self) -> tuple[int, ...]:
         """Token counts where a window fills and the line bends."""
@@ -107,104 +108,24 @@ class CacheGeometry:
 
 
 def cache_geometry(record: StepRecord | None) -> CacheGeometry | None:
-    """``None`` before the first prefill or for a record without a cache (the naive path)."""
+    """``None`` before the first prefill, for a record without a cache (the naive path) or of an unknown dtype."""
     if record is None or not record.cache_layers or len(record.cache_layers[0].shape) != 4:
         return None
     first = record.cache_layers[0]
     _, kv_heads, _, head_dim = first.shape
-    return CacheGeometry(len(record.cache_layers), kv_heads, head_dim, first.dtype, bytes_per_element(first.dtype),
-                         tuple(layer.sliding_window for layer in record.cache_layers))
+    try:
+        precision = precision_of_torch_dtype(first.dtype)
+    except InputError:
+        return None
+    # The cache does not say how many query heads read it; the bytes do not depend on it.
+    spec = spec_from_windows((layer.sliding_window for layer in record.cache_layers), kv_heads, kv_heads, head_dim,
+                             key="cache", name="live cache", source="the latest record")
+    return CacheGeometry(spec, precision, first.dtype)
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
     """``[1, 3, 46, 64]``: the tensor shape written as transformers holds it."""
     return "[" + ", ".join(str(size) for size in shape) + "]"
-
-
-def format_bytes(count: float) -> str:
-    for unit, size in (("GiB", 1024**3), ("MiB", MIB), ("KiB", 1024)):
-        if count >= size:
-            return f"{count / size:,.2f} {unit}"
-    return f"{count:,.0f} B"
-
-
-def appended_positions(record: StepRecord | None) -> tuple[int, int]:
-    """[start, stop) of the context positions the latest call appended to the cache."""
-    if record is None:
-        return (0, 0)
-    stop = record.sequence_length
-    return (stop - len(record.new_ids), stop)
-
-
-def _record_norms(record: StepRecord) -> np.ndarray:
-    """``(2, layers, new)``: lengths of the key and value vectors one record appended, computed once per record.
-
-    The page redraws the K/V strip after every token; remembering each record's lengths (records are immutable)
-    makes a redraw cost one new record instead of the whole trace. The memo entry goes when the record does.
-    """
-    key = id(record)
-    entry = _NORM_MEMO.get(key)
-    if entry is not None and entry[0]() is record:
-        return entry[1]
-    rows = np.stack([np.stack([k for k, _ in record.kv_rows]), np.stack([v for _, v in record.kv_rows])])
-    rows = rows.astype(np.float32)  # (2, layers, kv_heads, new, head_dim); NumPy's float16 maths is slow
-    norms = np.sqrt(np.einsum("plknd,plknd->pln", rows, rows))
-    _NORM_MEMO[key] = (weakref.ref(record, lambda _, key=key: _NORM_MEMO.pop(key, None)), norms)
-    return norms
-
-
-_NORM_MEMO: dict[int, tuple[weakref.ref, np.ndarray]] = {}
-
-
-def kv_norms(trace: Trace, max_columns: int = MAX_COLUMNS) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Length of each cached key and value vector (L2 over KV heads and dims), per layer and position.
-
-    Returns ``(key_norms, value_norms, first_position)``, each array ``(layers, positions)`` covering at most the
-    latest ``max_columns`` positions, which start at ``first_position``. ``None`` when no record carries
-    ``kv_rows`` (the stepper was built without ``record_kv``).
-    """
-    records = trace.records
-    if not records or not all(r.kv_rows for r in records):
-        return None
-    total = sum(len(r.new_ids) for r in records)
-    first_position = max(total - max_columns, 0)
-    # Only the records that reach into the window are touched, so a long trace costs no more than a short one.
-    kept: list[StepRecord] = []
-    position = total
-    for record in reversed(records):
-        kept.append(record)
-        position -= len(record.new_ids)
-        if position <= first_position:
-            break
-    kept.reverse()
-    skip = first_position - position  # positions of the first kept record that fall before the window
-    norms = np.concatenate([_record_norms(r) for r in kept], axis=2)[:, :, skip:]  # (2, layers, positions)
-    return norms[0], norms[1], first_position
-
-
-def newest_attention(trace: Trace, max_columns: int = MAX_COLUMNS) -> tuple[np.ndarray, int] | None:
-    """The newest query's attention weights, ``(layers, query_heads, positions)``, and the first position shown.
-
-    The newest query is the last token fed to the model (the last prompt token after a prefill). Layers whose
-    cache holds fewer positions (a sliding window) are right-aligned and padded with NaN.
-    """
-    record = latest(trace)
-    if record is None or not record.attention:
-        return None
-    length = record.sequence_length
-    first_position = max(length - max_columns, 0)
-    width = length - first_position
-    rows = np.full((len(record.attention), record.attention[0].shape[0], width), np.nan, dtype=np.float32)
-    for layer, weights in enumerate(record.attention):  # weights: (q_heads, q_len, kv_len)
-        last_row = weights[:, -1, :].astype(np.float32)[:, -width:]
-        rows[layer, :, width - last_row.shape[1]:] = last_row
-    return rows, first_position
-
-
-def query_groups(query_heads: int, kv_heads: int) -> list[int]:
-    """The KV head each query head reads (grouped-query attention: consecutive query heads share one)."""
-    per_group = max(query_heads // max(kv_heads, 1), 1)
-    return [head // per_group for head in range(query_heads)]
 
 
 PRESS_PREFILL = "Press Prefill to feed the prompt."

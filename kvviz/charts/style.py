@@ -1,4 +1,5 @@
-"""One colour per concept on every chart (Okabe–Ito, colour-blind safe), and the shared figure layout."""
+"""One colour per concept on every chart (Okabe–Ito, colour-blind safe), the shared figure layout, and one way to
+write a token on an axis (the same glyphs for spaces, newlines and tabs on every page)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ NEWEST = "#F0E442"  # yellow: the newest token / column appended this step
 FORMULA = "#7F7F7F"  # grey: a formula's prediction drawn over measurements
 OVERHEAD = "#999999"  # light grey, dotted: work done for the charts, timed apart from the paths it serves
 SEQUENTIAL = "Viridis"  # heatmaps (attention weights)
+NEWLINE = "⏎"  # a token's newline, on every axis and in every text view
 
 
 def base_layout(fig: go.Figure, title: str, x_title: str = "", y_title: str = "", note: str = "") -> go.Figure:
@@ -32,3 +34,12 @@ def base_layout(fig: go.Figure, title: str, x_title: str = "", y_title: str = ""
 
 def measured_on(model: str, device: str, dtype: str) -> str:
     return f"measured on {model} · {device} · {dtype}"
+
+
+def token_label(text: str, mark_spaces: bool = True) -> str:
+    """A token's text made visible: newlines as ⏎, tabs as ⇥, empty as ∅, and spaces as ␣ (with ``mark_spaces``
+    every space, otherwise only in a token of spaces alone, where nothing else would show)."""
+    shown = text.replace("\n", NEWLINE).replace("\t", "⇥").replace("\r", "")
+    if mark_spaces or not shown.strip():
+        shown = shown.replace(" ", "␣")
+    return shown or "∅"

@@ -1,15 +1,15 @@
-"""Streamlit glue for the Attention page: generate with a live matrix, and per-session memos of what is costly.
+"""Streamlit glue for the Attention page: generate with a live matrix, and remember what is costly.
 
 The page lays out widgets; this module calls the engine (``attention_matrix``, ``heads``) and the figure builders
-(``charts.attention``) and keeps their results in ``st.session_state`` keyed by the trace and its length, so
-moving a slider never recomputes a whole-model summary. Nothing is shared between sessions.
+(``charts.attention``) and keeps their results in the trace's memo (``trace_analysis.memo_of``) keyed by the
+trace's length, so moving a slider never recomputes a whole-model summary. A session's trace is its own, so
+nothing is shared between sessions.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
-from typing import Any, Callable, TypeVar
+from typing import Callable
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -18,49 +18,21 @@ from kvviz import attention_matrix as am
 from kvviz import heads as hd
 from kvviz.charts import attention as charts
 from kvviz.charts.style import measured_on
+from kvviz.kv_formula import format_bytes
 from kvviz.models import LoadedModel, ModelCard
 from kvviz.records import Trace
 from kvviz.stepper import Sampling, encode_prompt, new_tokens_room
+from kvviz.trace_analysis import kv_head_of, memo_of, query_heads_sharing
 from kvviz.ui.session import SessionTrace, prefill, step
 
-T = TypeVar("T")
-_MEMO_KEY = "kvviz_attention_memo"
-_SERIALS_KEY = "kvviz_attention_trace_serials"
 _PROBES_KEY = "kvviz_attention_probes"
-_MEMO_ENTRIES = 24  # small: a few figures and score tables per session
 PAGE_MAX_NEW_TOKENS = 512  # the stepper's cap for traces started here: bounds the rows a session keeps
 LIVE_REFRESH_S = 0.3  # redraw the growing matrix at most this often while generating
 # Whole-model views read every stored row (≈ layers × heads × T² / 2 values): measured ~4.5 s per view for
 # SmolLM2 at 2,000 tokens (1 GiB of rows) on a 2-core CPU. Beyond this length they wait for a click instead of
 # stalling every first render.
 AUTO_WHOLE_MODEL_TOKENS = 600
-_ALLOWED_KEY = "kvviz_attention_whole_model"
-
-
-def memo(key: tuple, compute: Callable[[], T]) -> T:
-    """``compute()`` once per key for this browser session (oldest entries dropped first)."""
-    store: dict[tuple, Any] = st.session_state.setdefault(_MEMO_KEY, {})
-    if key not in store:
-        if len(store) >= _MEMO_ENTRIES:
-            store.pop(next(iter(store)))
-        store[key] = compute()
-    return store[key]
-
-
-def trace_key(trace: Trace) -> tuple:
-    """Identifies a trace at its current length: a new prefill makes a new Trace, each step lengthens it.
-
-    A serial number per Trace object, not ``id()``: a freed trace's id can be reused by the next one.
-    """
-    serials: list[tuple[weakref.ref, int]] = st.session_state.setdefault(_SERIALS_KEY, [])
-    serials[:] = [(ref, serial) for ref, serial in serials if ref() is not None]
-    for ref, serial in serials:
-        if ref() is trace:
-            return serial, len(trace.records)
-    serial = st.session_state.get(_SERIALS_KEY + "_next", 0)
-    st.session_state[_SERIALS_KEY + "_next"] = serial + 1
-    serials.append((weakref.ref(trace), serial))
-    return serial, len(trace.records)
+_WHOLE_MODEL_ALLOWED = ("whole model allowed",)
 
 
 def loaded_model(session: SessionTrace) -> LoadedModel | None:
@@ -70,9 +42,9 @@ def loaded_model(session: SessionTrace) -> LoadedModel | None:
 
 def head_label(card: ModelCard, head: int) -> str:
     """'head 4 · KV head 1 (shared with 3, 5)': grouped-query attention made visible in the head picker."""
-    others = [h for h in am.query_heads_sharing(card, head) if h != head]
+    others = [h for h in query_heads_sharing(head, card.queries_per_kv_head) if h != head]
     shared = f" (shared with {', '.join(map(str, others))})" if others else ""
-    return f"head {head} · KV head {am.kv_head_of(card, head)}{shared}"
+    return f"head {head} · KV head {kv_head_of(head, card.queries_per_kv_head)}{shared}"
 
 
 def build_head_figure(trace: Trace, layer: int, head: int, how: str) -> go.Figure:
@@ -86,7 +58,8 @@ def build_head_figure(trace: Trace, layer: int, head: int, how: str) -> go.Figur
 
 def head_figure(trace: Trace, layer: int, head: int, how: str) -> go.Figure:
     """``build_head_figure`` memoised per trace length."""
-    return memo(("head", *trace_key(trace), layer, head, how), lambda: build_head_figure(trace, layer, head, how))
+    key = ("head figure", len(trace.records), layer, head, how)
+    return memo_of(trace).get(key, lambda: build_head_figure(trace, layer, head, how))
 
 
 def generate(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_template: bool, new_tokens: int,
@@ -122,16 +95,16 @@ def step_more(session: SessionTrace, count: int) -> None:
 
 def whole_model_allowed(trace: Trace) -> bool:
     """Short traces always; long ones once the user asked (remembered for this trace)."""
-    return am.trace_length(trace) <= AUTO_WHOLE_MODEL_TOKENS or \
-        trace_key(trace)[0] in st.session_state.get(_ALLOWED_KEY, set())
+    return am.trace_length(trace) <= AUTO_WHOLE_MODEL_TOKENS or _WHOLE_MODEL_ALLOWED in memo_of(trace)
 
 
 def allow_whole_model(trace: Trace) -> None:
-    st.session_state.setdefault(_ALLOWED_KEY, set()).add(trace_key(trace)[0])
+    memo_of(trace).get(_WHOLE_MODEL_ALLOWED, lambda: True)
 
 
 def matrix_check(trace: Trace, loaded: LoadedModel) -> am.MatrixCheck:
-    return memo(("check", *trace_key(trace)), lambda: am.check_against_full_forward(trace, loaded))
+    return memo_of(trace).get(("matrix check", len(trace.records)),
+                              lambda: am.check_against_full_forward(trace, loaded))
 
 
 def check_message(check: am.MatrixCheck) -> str:
@@ -152,15 +125,15 @@ def model_view_figure(trace: Trace, card: ModelCard, how: str) -> go.Figure:
         return charts.model_view(thumbnails, queries_per_kv=card.queries_per_kv_head,
                                  factor=am.pool_factor(n, charts.THUMBNAIL_SIDE), tokens=n, how=how,
                                  note=measured_on(trace.model, trace.device, trace.dtype))
-    return memo(("model", *trace_key(trace), how), build)
+    return memo_of(trace).get(("model view", len(trace.records), how), build)
 
 
 def trace_scores(trace: Trace) -> hd.HeadScores:
-    return memo(("scores", *trace_key(trace)), lambda: hd.score_trace(trace))
+    return memo_of(trace).get(("head scores", len(trace.records)), lambda: hd.score_trace(trace))
 
 
 def induction_probe(loaded: LoadedModel, half_length: int, seed: int, rerun: bool = False) -> hd.InductionProbe:
-    """The probe for this model, kept for the session apart from the LRU memo (``rerun`` forces a fresh run)."""
+    """The probe for this model, kept for the session apart from the trace memos (``rerun`` forces a fresh run)."""
     key = (loaded.key, loaded.dtype_name, str(loaded.device), half_length, seed)
     probes: dict[tuple, hd.InductionProbe] = st.session_state.setdefault(_PROBES_KEY, {})
     if rerun or key not in probes:
@@ -187,15 +160,6 @@ def finding_sentence(scores: hd.HeadScores, measure: str) -> str:
 def token_view(trace: Trace, layer: int, head: int, query: int, skip_first: bool) -> str:
     row = am.attention_row(trace, layer, head, query)
     return charts.token_view_html(trace.token_texts(), row, query, trace.prompt_tokens, skip_first)
-
-
-def format_bytes(count: float) -> str:
-    """Bytes in the binary unit that keeps 1 to 3 digits before the point."""
-    for unit in ("B", "KiB", "MiB"):
-        if count < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.2f} GiB"
 
 
 def memory_summary(trace: Trace, card: ModelCard) -> dict[str, str]:

@@ -18,6 +18,8 @@ from kvviz.errors import InputError, KvvizError
 from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
 from kvviz.stepper import CompareStepper, Sampling, Stepper
+from kvviz.tracing import start_trace
+from kvviz.trace_analysis import memo_of
 
 _KEY = "kvviz_session"
 # Attention rows a session keeps (float16; SmolLM2 holds 540·T bytes per step, so ~1,000 tokens fill this). Past it,
@@ -37,8 +39,6 @@ class SessionTrace:
     stepper: Stepper | CompareStepper | None = None
     trace: Trace | None = None
     play_remaining: int = 0  # tokens Play still has to generate; 0 when not playing
-    # (trace, its captured prefix): one prefix object per trace, so per-trace memos on the Attention page hold.
-    _captured: tuple[Trace, Trace] | None = field(default=None, repr=False)
     message: tuple[MessageLevel, str] | None = None  # the outcome of the last action, shown until the next one
 
     def clear(self) -> None:
@@ -54,10 +54,9 @@ class SessionTrace:
         captured = self.trace.with_attention()
         if captured is self.trace:
             return captured
-        # Once capture has stopped it stays off for this trace, so its captured part no longer changes.
-        if self._captured is None or self._captured[0] is not self.trace:
-            self._captured = (self.trace, captured)
-        return self._captured[1]
+        # Once capture has stopped it stays off for this trace, so its captured part no longer changes: one object
+        # for it, remembered with the trace, so that the memos kept with that part hold from render to render.
+        return memo_of(self.trace).get(("captured part", len(captured.records)), lambda: captured)
 
     def capture_stopped_at(self) -> int | None:
         """Tokens in the context when attention capture stopped at the budget; None while it has not."""
@@ -80,16 +79,13 @@ def get_session() -> SessionTrace:
 def prefill(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_template: bool, compare: bool,
             sampling: Sampling, max_new_tokens: int, record_kv: bool = True) -> StepRecord:
     """Start a new trace: build this session's stepper and run the prefill (raises ``KvvizError`` on bad input)."""
-    options = dict(sampling=sampling, capture_attention=True, record_kv=record_kv, max_new_tokens=max_new_tokens)
-    stepper = CompareStepper(loaded, **options) if compare else Stepper(loaded, **options)
-    record = stepper.prefill(prompt, chat_template=chat_template)
+    stepper, trace = start_trace(loaded, prompt, compare=compare, sampling=sampling, capture_attention=True,
+                                 record_kv=record_kv, max_new_tokens=max_new_tokens, chat_template=chat_template)
     session.model_key = loaded.key
     session.settings = dict(prompt=prompt, chat_template=chat_template, compare=compare, sampling=sampling,
                             max_new_tokens=max_new_tokens)
-    session.stepper = stepper
-    session.trace = Trace(model=loaded.card.name, device=str(loaded.device), dtype=loaded.dtype_name)
-    session.trace.append(record)
-    return record
+    session.stepper, session.trace = stepper, trace
+    return trace.records[-1]
 
 
 def step(session: SessionTrace) -> StepRecord:

@@ -13,12 +13,14 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from kvviz.charts.step import appended_positions, cache_geometry, format_bytes, latest, shape_text, token_label
-from kvviz.charts.style import GENERATED, NEWEST, PROMPT
+from kvviz.charts.step import cache_geometry, shape_text
+from kvviz.charts.style import GENERATED, NEWEST, PROMPT, token_label
 from kvviz.errors import KvvizError
+from kvviz.kv_formula import format_bytes
 from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
 from kvviz.stepper import encode_prompt
+from kvviz.trace_analysis import appended_positions, latest
 from kvviz.ui.session import SessionTrace
 
 # Beyond this many tokens the stream shows the latest ones only: a chip per token stops being readable anyway.
