@@ -185,10 +185,11 @@ def format_bench_table(result: BenchResult) -> str:
         f"# prompt {config.prompt_tokens} tokens, {config.tokens} new tokens; {config.repeats} timed runs "
         f"({config.naive_repeats} for naive) after a {config.warmup_tokens}-token warm-up; ms are medians "
         "[min-max] across runs; @N is the decode step at position N (prompt + step); 1st call is the "
-        "path's first decode step (its warm-up)",
+        "path's first decode step (its warm-up); xnaive is naive's end-to-end time (prefill + every step) over the "
+        "path's",
         f"{'path':9s} {'prefill':>8s} {'ms/token':>9s} {'[min-max]':>15s} "
         + " ".join(f"{'@' + str(m):>8s}" for m in marks)
-        + f" {'1st call':>9s} {'vs naive':>8s}  tokens",
+        + f" {'1st call':>9s} {'xnaive':>8s}  tokens",
     ]
     for path in result.paths:
         if not path.ok:

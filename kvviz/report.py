@@ -106,6 +106,11 @@ def growth_sentences(result: BenchResult) -> list[str]:
 
 # ----- the hardware ---------------------------------------------------------------------------------------------
 
+def bandwidth_roof_name(result: BenchResult) -> str:
+    """What the bandwidth roof is: a measured copy rate (CPUs, unknown GPUs) or a spec-sheet peak (known GPUs)."""
+    return "measured copy rate" if result.peak.memory_source.startswith("measured") else "spec-sheet peak bandwidth"
+
+
 def peak_sentence(result: BenchResult) -> str:
     """The roofs the result was compared with, and where each figure came from."""
     peak = result.peak
@@ -115,5 +120,7 @@ def peak_sentence(result: BenchResult) -> str:
 
 def bandwidth_sentences(result: BenchResult) -> list[str]:
     """Per stepped path: how many bytes its last step moves and what share of peak bandwidth that is."""
-    return [f"{path.path}: last step moves {path.steps.bytes_moved[-1] / 2**20:.0f} MiB, "
-            f"{result.bandwidth_used(path)[-1]:.0%} of peak bandwidth" for path in result.measured if len(path.steps)]
+    roof = bandwidth_roof_name(result)
+    return [f"{path.path}: its last step must move about {path.steps.bytes_moved[-1] / 2**20:.0f} MiB (an estimate: "
+            f"weights and K/V, activations left out); over its measured time that is "
+            f"{result.bandwidth_used(path)[-1]:.0%} of the {roof}" for path in result.measured if len(path.steps)]

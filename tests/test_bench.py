@@ -511,3 +511,18 @@ def test_crossover_sentence_gives_the_measured_position_and_what_the_fit_says():
     assert report.crossover_sentence(disagreeing, "kvviz") == (
         "kvviz beats naive at every step from position — (not within this run) "
         "(the naive fit has naive slower from the first token)")
+
+
+def test_estimates_and_roofs_are_labelled_as_what_they_are(llama_result):
+    from kvviz import report
+    from kvviz.ui.speed import SHIPPED_GPU_RESULT
+
+    gpu = BenchResult.from_json(SHIPPED_GPU_RESULT.read_text())
+    for result, roof in ((llama_result, "measured copy rate"), (gpu, "spec-sheet peak bandwidth")):
+        assert report.bandwidth_roof_name(result) == roof
+        assert roof in charts.bandwidth_figure(result).layout.yaxis.title.text
+        for figure in (charts.bandwidth_figure(result), charts.roofline_figure(result)):
+            assert "estimated FLOPs and bytes ÷ times measured on" in figure.layout.title.text
+        assert all("(an estimate" in sentence and roof in sentence for sentence in report.bandwidth_sentences(result))
+    assert "same position" in charts.speedup_figure(llama_result).layout.yaxis.title.text
+    assert "naive ÷ path, end to end" in charts.summary_rows(llama_result)[0]

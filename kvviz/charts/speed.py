@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from kvviz.bench_results import PATHS, BenchResult, PathResult
 from kvviz.charts.style import CACHED, FORMULA, GENERATED, KEYS, NAIVE, PROMPT, VALUES, base_layout, measured_on
+from kvviz.report import bandwidth_roof_name
 
 # One colour per path on every Speed chart. The app's cached stepper keeps the app-wide "cached" blue and the
 # naive path the app-wide vermillion; the other paths take the remaining Okabe–Ito colours.
@@ -30,11 +31,14 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({red},{green},{blue},{alpha})"
 
 
-def _note(result: BenchResult | None) -> str:
+def _note(result: BenchResult | None, estimated: bool = False) -> str:
+    """What the figure was measured on; ``estimated`` says its FLOPs and bytes are estimates over measured times."""
     if result is None:
         return ""
     env = result.environment
     note = measured_on(env.model_name, f"{env.device} ({env.device_name})", env.dtype)
+    if estimated:
+        note = "estimated FLOPs and bytes ÷ times " + note
     config = result.config
     note += f" · prompt {config.prompt_tokens} tokens · median of {config.repeats} runs"
     if "naive" in config.paths and config.naive_repeats != config.repeats:
@@ -42,9 +46,10 @@ def _note(result: BenchResult | None) -> str:
     return note + ("" if result.complete else " · stopped early")
 
 
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, result: BenchResult | None) -> go.Figure:
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, result: BenchResult | None,
+            estimated: bool = False) -> go.Figure:
     """The shared layout, with the legend under the plot so that it never covers the title's note."""
-    base_layout(fig, title, x_title, y_title, _note(result))
+    base_layout(fig, title, x_title, y_title, _note(result, estimated))
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0.0},
                       margin={"b": 90})
     return fig
@@ -149,8 +154,8 @@ def cumulative_figure(result: BenchResult | None) -> go.Figure:
 
 def speedup_figure(result: BenchResult | None) -> go.Figure:
     """Naive step time over each cached path's step time, by position; 1× is break-even."""
-    fig = _layout(go.Figure(), "How many times faster than recomputing everything?", POSITION_AXIS,
-                      "speedup over naive (×)", result)
+    fig = _layout(go.Figure(), "How many times faster than recomputing everything, step by step?", POSITION_AXIS,
+                      "naive step ÷ this path's step, same position (×)", result)
     naive = result.path("naive") if result is not None else None
     paths = [p for p in _stepped(result) if p.path != "naive"]
     if naive is None or not naive.ok or not len(naive.steps) or not paths:
@@ -177,7 +182,9 @@ def speedup_figure(result: BenchResult | None) -> go.Figure:
 def roofline_figure(result: BenchResult | None) -> go.Figure:
     """Achieved FLOP/s against arithmetic intensity, under the device's bandwidth and compute roofs."""
     fig = _layout(go.Figure(), "How close to the hardware limit is each step?",
-                      "arithmetic intensity (FLOP per byte moved)", "achieved GFLOP/s", result)
+                      "arithmetic intensity (estimated FLOP per estimated byte)",
+                      "GFLOP/s (estimated FLOPs ÷ measured time)",
+                      result, estimated=True)
     paths = _stepped(result)
     if not paths:
         return _empty(fig)
@@ -211,18 +218,19 @@ def roofline_figure(result: BenchResult | None) -> go.Figure:
     achieved = np.concatenate([np.asarray(t.y, dtype=float) for t in fig.data])
     fig.update_yaxes(type="log", tickvals=_log_ticks(achieved), tickformat="~g")
     fig.add_annotation(x=np.log10(low * 1.5), y=np.log10(low * 1.5 * peak.memory_bytes_per_s / 1e9),
-                       text=f"{peak.memory_bytes_per_s / 1e9:.0f} GB/s", showarrow=False, yshift=12,
+                       text=f"{peak.memory_bytes_per_s / 1e9:.0f} GB/s ({bandwidth_roof_name(result)})",
+                       showarrow=False, yshift=12,
                        xanchor="left", font={"color": FORMULA})
     return fig
 
 
 def bandwidth_figure(result: BenchResult | None) -> go.Figure:
     """The fraction of the device's peak memory bandwidth each step achieves (bytes it must move / its time)."""
-    peak_text = ""
+    roof = "peak bandwidth"
     if result is not None:
-        peak_text = f" of {result.peak.memory_bytes_per_s / 1e9:.0f} GB/s"
+        roof = f"{bandwidth_roof_name(result)} ({result.peak.memory_bytes_per_s / 1e9:.0f} GB/s)"
     fig = _layout(go.Figure(), "How much of the memory bandwidth does each step use?", POSITION_AXIS,
-                      f"% of peak bandwidth{peak_text}", result)
+                      f"% of the {roof}", result, estimated=True)
     paths = _stepped(result)
     if not paths:
         return _empty(fig)
@@ -282,7 +290,7 @@ def summary_rows(result: BenchResult | None) -> list[dict[str, str | int]]:
                 "prefill ms": f"{path.prefill_ms.median:.1f}",
                 "first step ms (warm-up)": _ms(path.cold_first_step_ms),
                 "setup ms": _ms(path.cold_setup_ms),
-                "speedup vs naive": f"{speedup:.1f}×" if speedup is not None else MISSING,
+                "naive ÷ path, end to end": f"{speedup:.1f}×" if speedup is not None else MISSING,
                 "same tokens": {True: "yes", False: f"differs at token {path.first_mismatch}", None: MISSING}[
                     path.matches_reference],
                 "runs": str(path.runs),
@@ -293,7 +301,7 @@ def summary_rows(result: BenchResult | None) -> list[dict[str, str | int]]:
 
 MISSING = "—"
 SUMMARY_COLUMNS = ("path", "status", "ms / token (median)", "min–max", "prefill ms", "first step ms (warm-up)",
-                   "setup ms", "speedup vs naive", "same tokens", "runs", "note")
+                   "setup ms", "naive ÷ path, end to end", "same tokens", "runs", "note")
 
 
 def _ms(value: float | None) -> str:
