@@ -12,6 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from kvviz.charts import step as charts
+from kvviz.trace_analysis import timing_summary
 from kvviz.errors import KvvizError
 from kvviz.explain import explanation
 from kvviz.models import REGISTRY, LoadedModel
@@ -181,7 +182,7 @@ def cost_panel(trace: Trace) -> None:
         "first, because a browser drawing the last token on the same CPU slows whichever runs first; the Speed "
         "page measures without that noise."
     )
-    timing = charts.timing_summary(trace)
+    timing = timing_summary(trace)
     if timing is not None:
         with st.container(horizontal=True):
             naive_ttft = f" · naive {timing.prefill_naive_ms:,.0f} ms" if timing.prefill_naive_ms is not None else ""

@@ -1,5 +1,6 @@
 """What the figures need out of a recorded trace: K/V vector lengths, the newest query's attention, where the
-latest call wrote, which KV head each query head reads; and the one per-trace memo for costly results.
+latest call wrote, which KV head each query head reads, the timing summary; and the one per-trace memo for costly
+results.
 
 The page redraws after every token, so anything costly is remembered per ``Trace`` object (``memo_of``): a trace
 grows in place and its records never change, so a result keyed by what it read (a record's index, the trace's
@@ -13,6 +14,7 @@ import Streamlit.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, TypeVar
 
@@ -157,3 +159,53 @@ def newest_attention(trace: Trace, max_columns: int = MAX_COLUMNS) -> tuple[np.n
         last_row = weights[:, -1, :].astype(np.float32)[:, -width:]
         rows[layer, :, width - last_row.shape[1]:] = last_row
     return rows, first_position
+
+
+# ----- timing -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TimingSummary:
+    """The numbers the timing panel writes out; the charts show the same data step by step."""
+
+    prefill_ms: float
+    prefill_naive_ms: float | None
+    decode_steps: int
+    cached_decode_ms: float
+    naive_decode_ms: float | None
+    latest_ms: float
+    latest_naive_ms: float | None
+    capture_ms: float | None = None  # recording for the charts over the decode steps, timed apart from both paths
+    latest_context: int = 0  # tokens in the context at the latest step
+
+    @property
+    def latest_ratio(self) -> float | None:
+        """How many times longer the naive path took than the cached one at the latest step (same position)."""
+        if self.latest_naive_ms is None or self.latest_ms <= 0:
+            return None
+        return self.latest_naive_ms / self.latest_ms
+
+    @property
+    def speedup(self) -> float | None:
+        """How many times longer the naive path spent on decode steps so far."""
+        if self.naive_decode_ms is None or self.cached_decode_ms <= 0:
+            return None
+        return self.naive_decode_ms / self.cached_decode_ms
+
+
+def timing_summary(trace: Trace) -> TimingSummary | None:
+    """Prefill (time to first token) apart, decode steps summed per path; ``None`` before the first prefill."""
+    prefill = trace.prefill
+    if prefill is None:
+        return None
+    steps = trace.decode_steps
+    compared = all(r.ms_naive is not None for r in steps)
+    last = trace.records[-1]
+    return TimingSummary(
+        prefill_ms=prefill.ms, prefill_naive_ms=prefill.ms_naive, decode_steps=len(steps),
+        cached_decode_ms=float(sum(r.ms for r in steps)),
+        naive_decode_ms=float(sum(r.ms_naive for r in steps)) if compared and prefill.ms_naive is not None else None,
+        latest_ms=last.ms, latest_naive_ms=last.ms_naive,
+        capture_ms=float(sum(captured)) if (captured := [r.capture_ms for r in steps if r.capture_ms is not None])
+        else None,
+        latest_context=last.sequence_length,
+    )

@@ -16,6 +16,7 @@ import pytest
 
 from kvviz import trace_analysis as analysis
 from kvviz.charts import step as charts
+from kvviz.trace_analysis import timing_summary
 from kvviz.charts.style import NEWEST, NEWLINE, token_label
 from kvviz.records import Trace
 from stepped import stepped_trace
@@ -197,11 +198,11 @@ def test_timing_keeps_the_prefill_apart_and_sums_the_steps(stepped):
     for index, record in enumerate(trace.records):
         timed.append(replace(record, ms=100.0 if index == 0 else float(index),
                              ms_naive=150.0 if index == 0 else 10.0 * index))
-    known = charts.timing_summary(timed)
+    known = timing_summary(timed)
     assert (known.prefill_ms, known.prefill_naive_ms, known.decode_steps) == (100.0, 150.0, STEPS)
     assert known.cached_decode_ms == STEPS * (STEPS + 1) / 2 and known.naive_decode_ms == 10 * known.cached_decode_ms
     assert known.speedup == pytest.approx(10.0) and known.latest_ms == STEPS
-    summary = charts.timing_summary(trace)
+    summary = timing_summary(trace)
     assert summary.decode_steps == STEPS
     naive, cached = charts.cumulative_figure(trace).data
     assert cached.y[-1] == pytest.approx(summary.cached_decode_ms / 1000)

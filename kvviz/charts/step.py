@@ -449,54 +449,6 @@ def cumulative_figure(trace: Trace) -> go.Figure:
     return spec.figure()
 
 
-@dataclass(frozen=True)
-class TimingSummary:
-    """The numbers the timing panel writes out; the charts show the same data step by step."""
-
-    prefill_ms: float
-    prefill_naive_ms: float | None
-    decode_steps: int
-    cached_decode_ms: float
-    naive_decode_ms: float | None
-    latest_ms: float
-    latest_naive_ms: float | None
-    capture_ms: float | None = None  # recording for the charts over the decode steps, timed apart from both paths
-    latest_context: int = 0  # tokens in the context at the latest step
-
-    @property
-    def latest_ratio(self) -> float | None:
-        """How many times longer the naive path took than the cached one at the latest step (same position)."""
-        if self.latest_naive_ms is None or self.latest_ms <= 0:
-            return None
-        return self.latest_naive_ms / self.latest_ms
-
-    @property
-    def speedup(self) -> float | None:
-        """How many times longer the naive path spent on decode steps so far."""
-        if self.naive_decode_ms is None or self.cached_decode_ms <= 0:
-            return None
-        return self.naive_decode_ms / self.cached_decode_ms
-
-
-def timing_summary(trace: Trace) -> TimingSummary | None:
-    """Prefill (time to first token) apart, decode steps summed per path; ``None`` before the first prefill."""
-    prefill = trace.prefill
-    if prefill is None:
-        return None
-    steps = trace.decode_steps
-    compared = all(r.ms_naive is not None for r in steps)
-    last = trace.records[-1]
-    return TimingSummary(
-        prefill_ms=prefill.ms, prefill_naive_ms=prefill.ms_naive, decode_steps=len(steps),
-        cached_decode_ms=float(sum(r.ms for r in steps)),
-        naive_decode_ms=float(sum(r.ms_naive for r in steps)) if compared and prefill.ms_naive is not None else None,
-        latest_ms=last.ms, latest_naive_ms=last.ms_naive,
-        capture_ms=float(sum(captured)) if (captured := [r.capture_ms for r in steps if r.capture_ms is not None])
-        else None,
-        latest_context=last.sequence_length,
-    )
-
-
 def all_figures(trace: Trace, layer: int = 0) -> dict[str, go.Figure]:
     """Every figure of the page, by name (tests and the benchmark use it)."""
     return {
