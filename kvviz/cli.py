@@ -1,4 +1,4 @@
-"""Command line: ``python -m kvviz {models,step,bench,memory}``.
+"""Command line: ``python -m kvviz {models,step,bench,memory,prefix,serve}``.
 
 Every failure the user can fix exits with status 2 and one line on stderr (``kvviz: error: …``); nothing here
 prints a traceback for bad input. Subcommands other than ``models`` and ``step`` live beside the code they run
@@ -20,6 +20,12 @@ from kvviz.errors import KvvizError
 FEATURE_COMMANDS: dict[str, str] = {
     "bench": "time decode paths (naive, cached, static, CUDA graphs, generate) on the same tokens",
     "memory": "KV cache size calculator",
+}
+
+# Serving subcommands, parsed and printed by kvviz/serving/cli_commands.py (add_arguments(name, parser) sets run).
+SERVING_COMMANDS: dict[str, str] = {
+    "prefix": "prefix caching: which full KV blocks later prompts reuse, and their time to first token",
+    "serve": "continuous batching over a paged KV cache, step by step, beside one-at-a-time decoding",
 }
 
 
@@ -127,6 +133,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(f"kvviz.{name}")
             module.add_arguments(sub)
             sub.set_defaults(run=module.run)
+    for name, help_text in SERVING_COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        if chosen == name:
+            from kvviz.serving.cli_commands import add_arguments
+
+            add_arguments(name, sub)
     return parser
 
 

@@ -8,11 +8,15 @@ greedy tokens as the same request decoded alone by ``Stepper``, with log-probabi
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 from transformers import LlamaConfig
 
+from kvviz.cli import main
 from kvviz.errors import InputError
 from kvviz.memory import kv_bytes_per_token, precision_of_torch_dtype, spec_from_config
 from kvviz.models import LoadedModel, load_random_model
@@ -241,6 +245,55 @@ def test_the_private_continuous_batching_api_cb_api_relies_on_is_there(untied_ll
     assert {"shared_ref_counts", "hash_to_block", "block_to_hash", "cached_blocks"} <= set(vars(ledger))
     assert batcher.prefix_sharing and batcher.pool().free_blocks == len(batcher.block_ids) == 8
     assert batcher.cache.cache_tensor.numel() == (8 + 2) * batcher.block_bytes  # two trash sectors in front
+
+
+# ----- command line ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["prefix", "--model", "tiny-llama"],
+    ["prefix", "--model", "tiny-llama", "--prompt", "   "],
+    ["prefix", "--model", "tiny-llama", "--prompt", "abc", "--block-size", "3"],
+    ["serve", "--model", "tiny-llama", "--block-size", "2"],
+    ["serve", "--model", "tiny-llama", "--requests", "0"],
+    ["serve", "--model", "tiny-llama", "--blocks", "1", "--new-tokens", "4"],
+    ["serve", "--model", "no-such-model"],
+    ["serve", "--model", "tiny-llama", "--blocks", "many"],
+])
+def test_bad_serving_input_exits_2_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        raise SystemExit(main(argv))
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("kvviz: error: ")
+
+
+def test_serve_json_contract():
+    result = subprocess.run(
+        [sys.executable, "-m", "kvviz", "serve", "--model", "tiny-llama", "--requests", "3", "--new-tokens", "4",
+         "--block-size", "4", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    summary = payload["summary"]
+    assert {"paged_bytes_peak", "contiguous_bytes_reserved", "waste_fraction_paged", "waste_fraction_contiguous",
+            "tokens_per_s_batched", "tokens_per_s_sequential", "preemptions",
+            "outputs_match_sequential"} <= set(summary)
+    assert summary["outputs_match_sequential"] is True and summary["requests"] == 3
+    step = payload["steps"][0]
+    assert {"index", "batch", "requests", "blocks", "free_blocks", "preempted", "memory", "ms"} <= set(step)
+    assert {"request_id", "state", "tokens_held", "block_table", "last_block_fill"} <= set(step["requests"][0])
+    assert len(payload["requests"]) == 3 and all(len(r["generated_ids"]) == 4 for r in payload["requests"])
+
+
+def test_prefix_json_contract(capsys):
+    assert main(["prefix", "--model", "tiny-llama", "--block-size", "4", "--json",
+                 "--prompt", "the same long opening, then one", "--prompt", "the same long opening, then two"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["block_size"] == 4
+    first, second = payload["prompts"]
+    assert {"tokens", "full_blocks", "hit_blocks", "hit_tokens", "first_divergence", "ttft_ms"} <= set(first)
+    assert first["first_divergence"] is None and first["hit_blocks"] == 0
+    assert second["first_divergence"] == len("the same long opening, then ")  # byte tokenizer: one token a byte
+    assert second["hit_blocks"] == second["first_divergence"] // 4
 
 
 # ----- the real model -------------------------------------------------------------------------------------------
