@@ -162,6 +162,12 @@ def test_a_request_larger_than_the_pool_is_refused(untied_llama):
         engine.add(ServingRequest("big", tuple(range(20)), 4))
 
 
+def test_serving_records_import_neither_torch_nor_transformers():
+    code = ("import sys, kvviz.serving.records\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 # ----- prefix caching -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("full_blocks", [1, 3])

@@ -123,7 +123,7 @@ class PagedBatcher:
         generation = GenerationConfig(do_sample=False, eos_token_id=-1)
         config = ContinuousBatchingConfig(
             page_size=page_size,
-            num_blocks=num_blocks,  # without it the pool is sized from ~90 % of free memory
+            num_blocks=num_blocks,  # without it the pool takes most free memory (60 % of RAM on a CPU)
             max_batch_tokens=max_batch_tokens,  # also sizes the float mask: M × (pool tokens + M)
             use_cuda_graph=False,
             use_async_batching=False,
