@@ -156,10 +156,13 @@ def test_a_short_pool_preempts_and_recomputes_without_changing_outputs(untied_ll
         assert sum(1 for b in step.blocks if b.ref_count > 0) + step.free_blocks <= trace.num_blocks
 
 
-def test_a_request_larger_than_the_pool_is_refused(untied_llama):
+def test_a_request_larger_than_the_pool_is_refused_before_the_first_step(untied_llama):
     engine = ServingEngine(untied_llama, block_size=BLOCK, num_blocks=2)
     with pytest.raises(InputError, match="too small"):
         engine.add(ServingRequest("big", tuple(range(20)), 4))
+    late_and_big = [ServingRequest("small", (1, 2), 2), ServingRequest("big", tuple(range(40)), 4, arrival_step=5)]
+    with pytest.raises(InputError, match="request big"):
+        run_requests(untied_llama, late_and_big, block_size=BLOCK, num_blocks=4)
 
 
 def test_serving_records_import_neither_torch_nor_transformers():
@@ -288,6 +291,7 @@ def test_serve_json_contract():
     assert {"index", "batch", "requests", "blocks", "free_blocks", "preempted", "memory", "ms"} <= set(step)
     assert {"request_id", "state", "tokens_held", "block_table", "last_block_fill"} <= set(step["requests"][0])
     assert len(payload["requests"]) == 3 and all(len(r["generated_ids"]) == 4 for r in payload["requests"])
+    assert {"prompt_ids", "arrival_step", "ttft_ms", "cached_prefix_tokens", "preemptions"} <= set(payload["requests"][0])
 
 
 def test_prefix_json_contract(capsys):

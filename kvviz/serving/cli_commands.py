@@ -122,7 +122,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
                          compare_sequential=True)
     if args.json:
         payload = trace.to_dict()
-        payload["requests"] = [asdict(o) for o in trace.outcomes]
+        # One entry per request: what was asked (prompt ids, arrival) and what it got.
+        payload["requests"] = [asdict(request) | asdict(outcome)
+                               for request, outcome in zip(trace.requests, trace.outcomes)]
         del payload["outcomes"]
         print(json.dumps(payload))
         return 0

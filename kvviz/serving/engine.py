@@ -82,7 +82,7 @@ class ServingEngine:
     # ----- requests ---------------------------------------------------------------------------------------------
     def add(self, request: ServingRequest) -> None:
         """Queue a request; it joins the batch at the next step the scheduler has room for it."""
-        self._validate(request)
+        self.check(request)
         self.requests[request.request_id] = request
         self.batcher.add(request.request_id, list(request.prompt_ids), request.new_tokens)
         self._arrival_ms[request.request_id] = self._elapsed_ms
@@ -90,7 +90,8 @@ class ServingEngine:
         self._unadmitted.add(request.request_id)
         self._preemptions[request.request_id] = 0
 
-    def _validate(self, request: ServingRequest) -> None:
+    def check(self, request: ServingRequest) -> None:
+        """Raise ``InputError`` if this engine could never serve ``request`` (or already has one of that name)."""
         if request.request_id in self.requests:
             raise InputError(f"Two requests are called '{request.request_id}'.")
         if not request.prompt_ids:
@@ -280,6 +281,10 @@ def run_requests(loaded: LoadedModel, requests: Sequence[ServingRequest], *, blo
         raise InputError("No requests to serve.")
     engine = ServingEngine(loaded, block_size=block_size, num_blocks=num_blocks, max_batch_tokens=max_batch_tokens,
                            prefix_sharing=prefix_sharing, safety_margin=safety_margin)
+    if len({r.request_id for r in requests}) < len(requests):
+        raise InputError("Two requests share a name; give each request its own id.")
+    for request in requests:  # refuse before the first step, not when a late arrival turns up
+        engine.check(request)
     pending = sorted(requests, key=lambda r: r.arrival_step)
     while pending or engine.has_work():
         while pending and pending[0].arrival_step <= engine.next_step:
