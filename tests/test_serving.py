@@ -291,7 +291,8 @@ def test_serve_json_contract():
     assert {"index", "batch", "requests", "blocks", "free_blocks", "preempted", "memory", "ms"} <= set(step)
     assert {"request_id", "state", "tokens_held", "block_table", "last_block_fill"} <= set(step["requests"][0])
     assert len(payload["requests"]) == 3 and all(len(r["generated_ids"]) == 4 for r in payload["requests"])
-    assert {"prompt_ids", "arrival_step", "ttft_ms", "cached_prefix_tokens", "preemptions"} <= set(payload["requests"][0])
+    assert {"prompt_ids", "arrival_step", "ttft_ms", "cached_prefix_tokens",
+            "preemptions"} <= set(payload["requests"][0])
 
 
 def test_prefix_json_contract(capsys):

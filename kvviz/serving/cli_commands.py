@@ -156,7 +156,8 @@ def _print_serve_table(loaded: Any, trace: Any) -> None:
               f"{step.ms:7.1f}" + (f"  preempted {', '.join(step.preempted)}" if step.preempted else ""))
     s = trace.summary
     print(f"# peak bytes: paged {format_bytes(s.paged_bytes_peak)}, "
-          f"contiguous {format_bytes(s.contiguous_bytes_reserved)}; waste: paged {s.waste_fraction_paged:.1%}, contiguous {s.waste_fraction_contiguous:.1%}")
+          f"contiguous {format_bytes(s.contiguous_bytes_reserved)}; "
+          f"waste: paged {s.waste_fraction_paged:.1%}, contiguous {s.waste_fraction_contiguous:.1%}")
     print(f"# tokens/s: batched {s.tokens_per_s_batched:.1f}, one at a time {s.tokens_per_s_sequential:.1f}; "
           f"preemptions {s.preemptions}; prompt tokens reused from the prefix cache {s.prefix_cached_tokens}")
     print(f"# outputs match one-at-a-time decoding: {'yes' if s.outputs_match_sequential else 'NO'}")
