@@ -153,7 +153,8 @@ def _print_serve_table(loaded: Any, trace: Any) -> None:
               f"{states.count('prefilling') + states.count('decoding'):7d} "
               f"{states.count('waiting') + states.count('preempted'):7d} {used:4d} {cached:6d} {step.free_blocks:4d} "
               f"{format_bytes(step.memory.paged_reserved):>10} {format_bytes(step.memory.contiguous_reserved):>10} "
-              f"{step.ms:7.1f}" + (f"  preempted {', '.join(step.preempted)}" if step.preempted else ""))
+              f"{step.ms:7.1f}" + (f"  preempted {', '.join(step.preempted)}" if step.preempted else "")
+              + (f"  sat out {', '.join(step.sat_out)}" if step.sat_out else ""))
     s = trace.summary
     print(f"# peak bytes: paged {format_bytes(s.paged_bytes_peak)}, "
           f"contiguous {format_bytes(s.contiguous_bytes_reserved)}; "

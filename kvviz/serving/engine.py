@@ -20,7 +20,7 @@ import torch
 
 from kvviz.errors import InputError
 from kvviz.models import LoadedModel
-from kvviz.serving.accounting import KvSize, step_memory, waste_fractions
+from kvviz.serving.accounting import HOLDING_STATES, KvSize, step_memory, waste_fractions
 from kvviz.serving.cb_api import PagedBatcher, PoolSnapshot, RequestSnapshot, Scheduled, blocks_for
 from kvviz.serving.records import (
     BatchEntry,
@@ -148,9 +148,11 @@ class ServingEngine:
         blocks = self._block_views(views, pool)
         max_tokens = {rid: request.max_cache_tokens for rid, request in self.requests.items()}
         arrived, self._just_arrived = tuple(self._just_arrived), []
+        in_batch = {entry.request_id for entry in batch}
+        sat_out = tuple(v.request_id for v in views if v.state in HOLDING_STATES and v.request_id not in in_batch)
         return ServingStep(
             index=index, arrived=arrived, batch=batch, requests=views, blocks=blocks, free_blocks=pool.free_blocks,
-            preempted=preempted, finished=tuple(finished),
+            preempted=preempted, sat_out=sat_out, finished=tuple(finished),
             memory=step_memory(views, blocks, self.block_bytes, max_tokens, self.size),
             ms=ms, forward_ms=forward_ms,
         )
