@@ -99,7 +99,7 @@ class ServingStep:
     blocks: tuple[BlockView, ...]
     free_blocks: int
     preempted: tuple[str, ...]  # sent back to the queue this step, their blocks freed (to be recomputed)
-    sat_out: tuple[str, ...]  # holding blocks but left out of this batch (no free block, or no token budget)
+    sat_out: tuple[str, ...]  # holding blocks but left out of this batch: no free block, or a budget was spent
     finished: tuple[str, ...]
     memory: StepMemory
     ms: float  # the whole step: scheduling, forward, bookkeeping (device-synchronised)
