@@ -9,11 +9,11 @@ has a contract test that fails loudly when a name used here moves. What is used,
   the FIFO scheduler and the batch processor without starting the background thread;
 - ``ContinuousBatchProcessor.prepare_next_batch`` (:482), ``_generation_step`` (:635) and ``update_batch`` (:538)
   are the three halves of one step of the manager's own loop (``_generation_loop_body``, :1077), called here in turn;
-- the pool: ``PagedAttentionCache.cache_tensor`` (cache.py:210, one flat uint8 tensor holding every block),
-  ``num_sectors``, ``pool`` (``CachePool.num_free_sectors``, ``count_free_blocks``: cache_pool.py:111, :134) and
-  ``cache_allocators["full_attention"]`` with its ``block_table`` (request id → block ids) and ``ledger``
-  (``BlockLedger``, cache_allocator.py:34: ``shared_ref_counts``, ``block_to_hash``/``hash_to_block``,
-  ``cached_blocks``);
+- the pool: ``PagedAttentionCache.num_sectors``, ``use_prefix_sharing``, ``pool`` (``CachePool.num_free_sectors``,
+  ``count_free_blocks``: cache_pool.py:111, :134) and ``cache_allocators["full_attention"]`` with its typed view
+  of the flat pool tensor ``cache_tensor`` (cache_allocator.py:198; full_attention.py:84-88), ``layer_indices``,
+  ``blocks_per_sector``, ``block_table`` (request id → block ids) and ``ledger`` (``BlockLedger``,
+  cache_allocator.py:34: ``shared_ref_counts``, ``block_to_hash``/``hash_to_block``, ``cached_blocks``);
 - ``compute_block_hash`` (cache_allocator.py:25): blake2b over the parent block's hash and the block's tokens;
 - ``RequestState`` fields (requests.py:89): ``status``, ``position_offset``, ``generated_tokens``,
   ``initial_tokens`` and ``_true_initial_tokens`` (set when a request was preempted by a soft reset).
@@ -151,10 +151,14 @@ class PagedBatcher:
     # ----- sizes, read from the live tensor ---------------------------------------------------------------------
     @property
     def block_bytes(self) -> int:
-        """Bytes of one block (K and V of ``page_size`` tokens in every layer), from the live cache tensor."""
-        tensor = self.cache.cache_tensor
-        total_blocks = (self.cache.num_sectors + 2) * self.blocks_per_sector  # the two trash sectors included
-        return tensor.numel() * tensor.element_size() // total_blocks
+        """Bytes of one block (K and V of ``page_size`` positions in every layer), read off the live pool tensor.
+
+        The allocator views the flat uint8 pool as ``(positions, 2, kv_heads, head_dim)`` in the cache dtype, one
+        page of ``page_size`` positions per layer; a block is one page for each of its layers.
+        """
+        view = self._allocator.cache_tensor  # (positions, 2, kv_heads, head_dim): K and V of one position, one layer
+        position_bytes = view[0].numel() * view.element_size()
+        return position_bytes * self.page_size * len(self._allocator.layer_indices)
 
     @property
     def pool_bytes(self) -> int:
