@@ -78,6 +78,16 @@ def test_requests_join_and_leave_the_running_batch(staggered_trace):
     assert set(last_states.values()) == {"done"}
 
 
+def test_a_prompt_longer_than_the_token_budget_is_prefilled_in_chunks(untied_llama):
+    requests = [ServingRequest("long", tuple(range(30, 70)), 3)]
+    trace = run_requests(untied_llama, requests, block_size=BLOCK, num_blocks=16, max_batch_tokens=16,
+                         compare_sequential=True)
+    assert [s.prefill_tokens for s in trace.steps[:3]] == [16, 16, 8]
+    assert [v.state for s in trace.steps[:3] for v in s.requests] == ["prefilling", "prefilling", "decoding"]
+    assert [s.batch[0].produced_token for s in trace.steps[:3]] == [False, False, True]
+    assert trace.summary.outputs_match_sequential is True
+
+
 def test_shared_model_keeps_its_attention_and_weights_are_not_copied(untied_llama, staggered_trace):
     assert untied_llama.model.config._attn_implementation == "kvviz"
     twin = cb_api.paged_twin(untied_llama.model)
