@@ -1,8 +1,9 @@
-"""Command line: ``python -m kvviz {models,step,bench,memory}``: the argument plumbing of every subcommand.
+"""Command line: ``python -m kvviz {models,step,bench,memory,prefix,serve}``: the argument plumbing of every subcommand.
 
 Every failure the user can fix exits with status 2 and one line on stderr (``kvviz: error: …``); nothing here
 prints a traceback for bad input. Each subcommand parses its arguments here and calls the engine: ``step`` the
-steppers, ``bench`` ``kvviz.bench``, ``memory`` ``kvviz.kv_formula`` and ``kvviz.kv_configs``. Modules that need
+steppers, ``bench`` ``kvviz.bench``, ``memory`` ``kvviz.kv_formula`` and ``kvviz.kv_configs``; ``prefix`` and
+``serve`` are parsed by ``kvviz/serving/cli_commands.py``. Modules that need
 torch are imported inside the subcommand that uses them: ``memory`` is arithmetic and should not wait for torch.
 
 What it does not do: compute anything itself.
@@ -25,6 +26,12 @@ from kvviz.kv_formula import (
     Fit, MemoryEstimate, Precision, estimate, fit_on_gpu, format_bytes, kv_bytes_per_token, parse_gpu,
     parse_precision,
 )
+
+# Serving subcommands, parsed and printed by kvviz/serving/cli_commands.py (add_arguments(name, parser) sets run).
+SERVING_COMMANDS: dict[str, str] = {
+    "prefix": "prefix caching: which full KV blocks later prompts reuse, and their time to first token",
+    "serve": "continuous batching over a paged KV cache, step by step, beside one-at-a-time decoding",
+}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -370,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         add_arguments(sub)
         sub.set_defaults(run=run)
+    for name, help_text in SERVING_COMMANDS.items():
+        from kvviz.serving.cli_commands import add_arguments as add_serving_arguments
+
+        add_serving_arguments(name, commands.add_parser(name, help=help_text))
     return parser
 
 

@@ -1,0 +1,246 @@
+"""What a serving run leaves behind: one record per scheduler step, one outcome per request, a run summary.
+
+Plain data only (frozen dataclasses of ints, floats, strings and tuples): this module imports neither torch nor
+transformers, so pages, charts and result files can read a trace anywhere. ``to_dict()`` gives the JSON shape the
+CLI prints. What it does not do: compute anything from the model (``engine.py``, ``accounting.py``).
+
+Words used throughout: a *block* holds the K and V of ``block_size`` consecutive positions of one sequence in every
+layer; a request's *block table* lists its blocks in sequence order; a block *shared* by several requests has a
+reference count of 2 or more; a *cached* block is held by no request but keeps its content (a full block with a
+content hash) so a later prompt with the same prefix can reuse it; *free* blocks hold nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+REQUEST_STATES = ("waiting", "prefilling", "decoding", "preempted", "done")
+
+
+@dataclass(frozen=True)
+class ServingRequest:
+    """A request to serve: prompt token ids, how many new tokens, and the scheduler step it arrives at."""
+
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    new_tokens: int
+    arrival_step: int = 0
+
+    @property
+    def max_cache_tokens(self) -> int:
+        """The most positions its cache ever holds: the last chosen token is never fed back."""
+        return len(self.prompt_ids) + self.new_tokens - 1
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One request's share of a step's batch."""
+
+    request_id: str
+    prefill_tokens: int  # prompt tokens fed this step (a long prompt is split across steps: chunked prefill)
+    decode_tokens: int  # 0 or 1: the token chosen last step, fed back
+    cached_prefix_tokens: int  # prompt tokens found in the prefix cache when this request was admitted
+    produced_token: bool
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """A request after a step."""
+
+    request_id: str
+    state: str  # one of REQUEST_STATES
+    tokens_held: int
+    generated: int
+    block_table: tuple[int, ...]
+    last_block_fill: int  # positions used in its last block (block_size when full; 0 without blocks)
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """A block that is not free after a step."""
+
+    block_id: int
+    owners: tuple[str, ...]
+    ref_count: int  # requests holding it; 0 for a cached block
+    cached: bool  # held by no request, kept for prefix reuse
+    hashed: bool  # full and content-hashed: a later prompt with the same prefix can reuse it
+    tokens: int  # positions written in it
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Bytes after a step: the paged pool beside a contiguous per-request reservation, on the same schedule.
+
+    Paged: ``reserved`` is every block some request holds; ``used`` counts the positions written in them once
+    (a shared block once); ``internal_fragmentation`` is the rest, the unfilled tail of each last block; ``cached``
+    is kept for reuse and handed out again under pressure. Contiguous: every admitted request reserves its maximum
+    length (prompt + new tokens - 1) up front, as a static per-sequence cache would; ``over_reservation`` is the
+    part not yet (or never) written, and shared prefixes are stored once per request.
+    """
+
+    paged_reserved: int
+    paged_used: int
+    paged_internal_fragmentation: int
+    paged_cached: int
+    contiguous_reserved: int
+    contiguous_used: int
+    contiguous_over_reservation: int
+
+
+@dataclass(frozen=True)
+class ServingStep:
+    """One scheduler step: who arrived, the batch, every request and block after it, memory, time."""
+
+    index: int
+    arrived: tuple[str, ...]
+    batch: tuple[BatchEntry, ...]
+    requests: tuple[RequestView, ...]
+    blocks: tuple[BlockView, ...]
+    free_blocks: int
+    preempted: tuple[str, ...]  # sent back to the queue this step, their blocks freed (to be recomputed)
+    sat_out: tuple[str, ...]  # holding blocks but left out of this batch: no free block, or a budget was spent
+    finished: tuple[str, ...]
+    memory: StepMemory
+    ms: float  # the whole step: scheduling, forward, bookkeeping (device-synchronised)
+    forward_ms: float
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(entry.prefill_tokens for entry in self.batch)
+
+    @property
+    def decode_tokens(self) -> int:
+        return sum(entry.decode_tokens for entry in self.batch)
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """What one request got."""
+
+    request_id: str
+    prompt_tokens: int
+    new_tokens: int
+    arrival_step: int
+    first_token_step: int
+    finish_step: int
+    ttft_ms: float  # from the start of its arrival step to the end of the step that chose its first token
+    cached_prefix_tokens: int  # prompt tokens reused from the prefix cache at (first) admission
+    preemptions: int
+    generated_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ServingSummary:
+    """The run in a few numbers. Waste fractions are averaged over steps (byte-steps wasted / byte-steps held)."""
+
+    requests: int
+    steps: int
+    tokens_generated: int
+    block_size: int
+    num_blocks: int
+    block_bytes: int
+    bytes_per_token: int
+    block_bytes_match_formula: bool
+    paged_bytes_peak: int
+    paged_used_bytes_peak: int
+    contiguous_bytes_reserved: int  # peak
+    waste_fraction_paged: float
+    waste_fraction_contiguous: float
+    preemptions: int
+    prefix_cached_tokens: int
+    batched_seconds: float
+    tokens_per_s_batched: float
+    sequential_seconds: float | None = None
+    tokens_per_s_sequential: float | None = None
+    outputs_match_sequential: bool | None = None
+    max_logprob_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class ServingTrace:
+    """A whole serving run on one model: the requests, every step, every outcome, and its summary."""
+
+    model: str
+    device: str
+    dtype: str
+    block_size: int
+    num_blocks: int
+    block_bytes: int
+    max_batch_tokens: int
+    prefix_sharing: bool
+    pool_block_ids: tuple[int, ...]
+    requests: tuple[ServingRequest, ...]
+    steps: tuple[ServingStep, ...]
+    outcomes: tuple[RequestOutcome, ...]
+    summary: ServingSummary
+
+    def outcome(self, request_id: str) -> RequestOutcome:
+        return next(o for o in self.outcomes if o.request_id == request_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SequentialRun:
+    """The same requests one after another, each with kvviz's plain cached ``Stepper``."""
+
+    outputs: dict[str, tuple[int, ...]]
+    logprobs: dict[str, tuple[float, ...]]
+    seconds: float
+    tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+# ----- prefix caching -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PrefixReport:
+    """Where two token sequences part, and what the second can reuse of the first's cache in full blocks."""
+
+    block_size: int
+    shared_tokens: int  # length of the common prefix
+    first_divergence: int | None  # index of the first differing token; None when one sequence is a prefix
+    divergence_block: int | None  # the block that index falls in
+    reusable_blocks: int
+    reusable_tokens: int
+
+
+@dataclass(frozen=True)
+class PrefixBlock:
+    """One full block of a prompt in the prefix cache."""
+
+    index: int
+    content_hash: str  # 16 hex digits
+    parent_hash: str | None
+    hit: bool  # reused from the cache instead of computed
+    block_id: int | None  # where the pool keeps it after the prompt ran (None if evicted)
+
+
+@dataclass(frozen=True)
+class PrefixPrompt:
+    tokens: int
+    full_blocks: int
+    hit_blocks: int
+    hit_tokens: int
+    miss_blocks: int
+    first_divergence: int | None  # against the previous prompt; None for the first
+    ttft_ms: float
+    blocks: tuple[PrefixBlock, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class PrefixRun:
+    model: str
+    device: str
+    dtype: str
+    block_size: int
+    prompts: tuple[PrefixPrompt, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
