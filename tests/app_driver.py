@@ -91,6 +91,19 @@ def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
 
 
+@contextmanager
+def app_in_browser(log_path: Path) -> Iterator[tuple[str, Any]]:
+    """A freshly started app and a headless Chromium: yield (the app's URL, the browser); close both after."""
+    from playwright.sync_api import sync_playwright
+
+    with running_app(log_path=log_path) as url, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield url, browser
+        finally:
+            browser.close()
+
+
 @dataclass(frozen=True)
 class Status:
     """The status line above the token stream: which call ran last and how long the cache is."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from app_driver import ROOT, STEP_TIMEOUT_MS, StepPage, launch_chromium, running_app
+from app_driver import ROOT, STEP_TIMEOUT_MS, StepPage, app_in_browser
 
 APP_LABELS = ["Step through", "Memory", "Attention", "Speed"]
 TITLES = {
@@ -77,50 +77,32 @@ def _assert_page_works(tab: StepPage, page: str) -> None:
 
 @pytest.mark.browser
 def test_a_click_on_memory_right_after_the_first_visit(tmp_path, require_browser):
-    from playwright.sync_api import sync_playwright
-
     log = tmp_path / "streamlit.log"
-    with running_app(log_path=log) as url, sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            tab = _new_tab(browser, url, log)
-            tab.page.goto(url)
-            # Whatever navigation comes first: the click is the new user's, made as soon as there is a link.
-            tab.page.get_by_test_id("stSidebarNav").get_by_text(re.compile(r"^memory$", re.IGNORECASE)).click(
-                timeout=STEP_TIMEOUT_MS)
-            _assert_page_works(tab, "memory")
-        finally:
-            browser.close()
+    with app_in_browser(log) as (url, browser):
+        tab = _new_tab(browser, url, log)
+        tab.page.goto(url)
+        # Whatever navigation comes first: the click is the new user's, made as soon as there is a link.
+        tab.page.get_by_test_id("stSidebarNav").get_by_text(re.compile(r"^memory$", re.IGNORECASE)).click(
+            timeout=STEP_TIMEOUT_MS)
+        _assert_page_works(tab, "memory")
 
 
 @pytest.mark.browser
 def test_a_deep_link_as_the_first_request(tmp_path, require_browser):
-    from playwright.sync_api import sync_playwright
-
     log = tmp_path / "streamlit.log"
-    with running_app(log_path=log) as url, sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            tab = _new_tab(browser, url, log)
-            tab.page.goto(f"{url}/memory")
-            _assert_page_works(tab, "memory")
-        finally:
-            browser.close()
+    with app_in_browser(log) as (url, browser):
+        tab = _new_tab(browser, url, log)
+        tab.page.goto(f"{url}/memory")
+        _assert_page_works(tab, "memory")
 
 
 @pytest.mark.browser
 def test_three_first_visitors_at_the_same_moment(tmp_path, require_browser):
-    from playwright.sync_api import sync_playwright
-
     log = tmp_path / "streamlit.log"
-    with running_app(log_path=log) as url, sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            tabs = {page: _new_tab(browser, url, log) for page in ("memory", "speed", "attention")}
-            # All requests leave before any page has drawn anything (goto waits only for the response).
-            for page, tab in tabs.items():
-                tab.page.goto(f"{url}/{page}", wait_until="commit")
-            for page, tab in tabs.items():
-                _assert_page_works(tab, page)
-        finally:
-            browser.close()
+    with app_in_browser(log) as (url, browser):
+        tabs = {page: _new_tab(browser, url, log) for page in ("memory", "speed", "attention")}
+        # All requests leave before any page has drawn anything (goto waits only for the response).
+        for page, tab in tabs.items():
+            tab.page.goto(f"{url}/{page}", wait_until="commit")
+        for page, tab in tabs.items():
+            _assert_page_works(tab, page)

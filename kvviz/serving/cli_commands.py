@@ -20,9 +20,9 @@ HEADROOM = 0.85  # the FIFO scheduler stops admitting prompts when under 15 % of
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m", help="registry key, local folder or HF id")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: fp32 CPU, bf16 GPU)")
+    from kvviz.cli import add_model_arguments  # the one definition of --model, --device and --dtype
+
+    add_model_arguments(parser)
     parser.add_argument("--block-size", type=_whole_number, default=16, help="tokens per KV block (at least 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     if name == "prefix":
