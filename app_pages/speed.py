@@ -83,9 +83,9 @@ if measured:
     for column, path in zip(st.columns(len(measured)), measured):
         speedup = result.speedup_vs_naive(path.path) if path.path != "naive" else None
         column.metric(f"{path.path} · ms/token", f"{path.ms_per_token.median:.1f}",
-                      f"naive took {speedup:.1f}× as long" if speedup is not None else None, delta_color="off",
-                      help=f"{PATH_LABELS[path.path]}. The figure under it is end to end: naive's total time for "
-                           "the run (prefill and every step) over this path's, same tokens.")
+                      f"{speedup:.1f}× end to end" if speedup is not None else None, delta_color="off",
+                      help=f"{PATH_LABELS[path.path]}. The figure under it is how many times longer naive took, end "
+                           "to end: naive's total time for the run (prefill and every step) over this path's.")
 
 tabs = st.tabs(["Per token", "By position", "Cumulative", "Speedup", "Roofline", "Bandwidth"])
 with tabs[0]:
