@@ -126,8 +126,9 @@ with st.expander("How is this measured?"):
   `DynamicCache`; *kvviz* is this app's own stepper with attention capture off (its gap to *dynamic* is the
   app's bookkeeping); *static* writes into a preallocated `StaticCache`; *graphs* replays that static step as
   one CUDA graph (GPU only); *generate* is transformers' `generate()`, which only reports its total. The loaded
-  model's attention is kvviz's recorder-aware function, which is transformers' SDPA call itself when nothing
-  records (as on every path here), so *dynamic*, *static* and *generate* run the library's own maths.
+  model's attention is kvviz's recorder-aware function, which always computes with transformers' own SDPA call
+  (a recorder, when there is one, only keeps references; nothing records here), so *dynamic*, *static* and
+  *generate* run the library's own maths.
 - **Same tokens**: every path's greedy tokens are compared with the reference; a difference is shown, never hidden.
 - **Roofline**: FLOPs and bytes per step are estimates (weights + K/V read and written; activations left out).
   The peaks come from a table of known GPUs, or are measured here (a large memory copy, a large matmul).

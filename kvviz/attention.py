@@ -126,6 +126,6 @@ def _register() -> None:
 
 
 def install_attention(model: Any) -> None:
-    """Switch ``model`` to the recorder-aware attention (identical to SDPA for calls without a recorder)."""
+    """Switch ``model`` to the recorder-aware attention (SDPA's maths on every call, with or without a recorder)."""
     _register()
     model.set_attn_implementation(ATTENTION_NAME)
