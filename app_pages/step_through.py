@@ -203,7 +203,7 @@ def cost_panel(trace: Trace) -> None:
                                "to the CPU; timed apart and not counted in either path.")
         if timing.decode_steps and trace.prompt_tokens > 1:
             st.caption(f"The prefill pushed {trace.prompt_tokens} tokens through the model in {timing.prefill_ms:,.0f} "
-                       f"ms, {timing.prefill_ms / trace.prompt_tokens:,.1f} ms per token; the latest decode step "
+                       f"ms, {timing.prefill_ms_per_token:,.1f} ms per token; the latest decode step "
                        f"took {timing.latest_ms:,.1f} ms for one token. A prefill uses each weight it reads for "
                        "every prompt token (compute-bound); a decode step reads every weight and the whole cache for "
                        "one token (memory-bound).")

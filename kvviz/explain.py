@@ -33,8 +33,12 @@ class ModelNumbers:
     element_bytes: int
     kv_bytes_per_token: int  # every layer's K and V for one more token (windows not yet full)
     weight_bytes: int  # weights one forward call reads
-    group_size: int  # query heads per KV head
     rotary: bool  # positions enter as rotations of Q and K (RoPE) rather than a learned embedding
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (1 for multi-head attention)."""
+        return max(self.query_heads // max(self.kv_heads, 1), 1)
 
     @property
     def crossover_tokens(self) -> int:
@@ -45,6 +49,7 @@ class ModelNumbers:
         """Every field and derived figure, formatted the way the texts print them."""
         return {
             **asdict(self),
+            "group_size": self.group_size,
             "kv_bytes_per_token": f"{self.kv_bytes_per_token:,}",
             "kv_per_token_text": format_bytes(self.kv_bytes_per_token),
             "kv_1000_text": format_bytes(1000 * self.kv_bytes_per_token),
@@ -64,7 +69,6 @@ def model_numbers(loaded: LoadedModel) -> ModelNumbers:
         model=loaded.card.name, dtype=loaded.dtype_name, layers=spec.layers, query_heads=first.query_heads,
         kv_heads=first.kv_heads, head_dim=first.head_dim, element_bytes=precision.bits // 8,
         kv_bytes_per_token=kv_bytes_per_token(spec, precision), weight_bytes=weight_bytes_read(loaded.model),
-        group_size=max(first.query_heads // max(first.kv_heads, 1), 1),
         rotary=uses_rotary_positions(loaded.model.config),
     )
 

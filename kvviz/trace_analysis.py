@@ -176,6 +176,12 @@ class TimingSummary:
     latest_naive_ms: float | None
     capture_ms: float | None = None  # recording for the charts over the decode steps, timed apart from both paths
     latest_context: int = 0  # tokens in the context at the latest step
+    prompt_tokens: int = 0  # tokens the prefill processed
+
+    @property
+    def prefill_ms_per_token(self) -> float | None:
+        """The prefill's time spread over its tokens, to set beside one decode step's time for one token."""
+        return self.prefill_ms / self.prompt_tokens if self.prompt_tokens else None
 
     @property
     def latest_ratio(self) -> float | None:
@@ -200,12 +206,12 @@ def timing_summary(trace: Trace) -> TimingSummary | None:
     steps = trace.decode_steps
     compared = all(r.ms_naive is not None for r in steps)
     last = trace.records[-1]
+    captured = [r.capture_ms for r in steps if r.capture_ms is not None]
     return TimingSummary(
         prefill_ms=prefill.ms, prefill_naive_ms=prefill.ms_naive, decode_steps=len(steps),
         cached_decode_ms=float(sum(r.ms for r in steps)),
         naive_decode_ms=float(sum(r.ms_naive for r in steps)) if compared and prefill.ms_naive is not None else None,
         latest_ms=last.ms, latest_naive_ms=last.ms_naive,
-        capture_ms=float(sum(captured)) if (captured := [r.capture_ms for r in steps if r.capture_ms is not None])
-        else None,
-        latest_context=last.sequence_length,
+        capture_ms=float(sum(captured)) if captured else None,
+        latest_context=last.sequence_length, prompt_tokens=trace.prompt_tokens,
     )
