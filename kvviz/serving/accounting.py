@@ -9,6 +9,7 @@ What it does not do: read the pool (``cb_api.py``) or decide the schedule (``eng
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -24,6 +25,7 @@ from kvviz.kv_formula import (  # noqa: F401  (format_bytes is re-exported for t
 from kvviz.serving.records import BlockView, RequestView, ServingStep, StepMemory
 
 HOLDING_STATES = ("prefilling", "decoding")
+HEADROOM = 0.85  # the FIFO scheduler stops admitting prompts when under 15 % of the pool is free
 
 
 @dataclass(frozen=True)
@@ -77,3 +79,9 @@ def waste_fractions(steps: Iterable[ServingStep]) -> tuple[float, float]:
     paged = sum(m.paged_internal_fragmentation for m in memories) / paged_held if paged_held else 0.0
     contiguous = sum(m.contiguous_over_reservation for m in memories) / contiguous_held if contiguous_held else 0.0
     return paged, contiguous
+
+
+def default_pool_blocks(max_cache_tokens: Iterable[int], block_size: int) -> int:
+    """Enough blocks for every request at its full length at once, plus the scheduler's free-space margin."""
+    needed = sum(math.ceil(tokens / block_size) for tokens in max_cache_tokens)
+    return math.ceil(needed / HEADROOM) + 1

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import asdict
 from typing import Any
 
 from kvviz.errors import InputError
+from kvviz.serving.accounting import default_pool_blocks
 
 MIN_BLOCK_SIZE = 4  # transformers' smallest page; kept here so bad input fails before torch is imported
-HEADROOM = 0.85  # the FIFO scheduler stops admitting prompts when under 15 % of the pool is free
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -130,12 +129,6 @@ def run_serve_command(args: argparse.Namespace) -> int:
         return 0
     _print_serve_table(loaded, trace)
     return 0
-
-
-def default_pool_blocks(max_cache_tokens: list[int], block_size: int) -> int:
-    """Enough blocks for every request at its full length at once, plus the scheduler's free-space margin."""
-    needed = sum(math.ceil(tokens / block_size) for tokens in max_cache_tokens)
-    return math.ceil(needed / HEADROOM) + 1
 
 
 def _print_serve_table(loaded: Any, trace: Any) -> None:

@@ -271,6 +271,55 @@ class ServingEngine:
         )
 
 
+class ServingScenario:
+    """A fixed set of requests served one scheduler step at a time: each joins at its arrival step.
+
+    What ``run_requests`` does in one call, split so a page can draw after every step (and stop between steps).
+    ``step()`` adds the requests that have arrived, skips idle steps until the next arrival, and runs one step.
+    """
+
+    def __init__(self, loaded: LoadedModel, requests: Sequence[ServingRequest], *,
+                 block_size: int = DEFAULT_BLOCK_SIZE, num_blocks: int,
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, prefix_sharing: bool = True,
+                 safety_margin: float | None = None) -> None:
+        if not requests:
+            raise InputError("No requests to serve.")
+        if len({r.request_id for r in requests}) < len(requests):
+            raise InputError("Two requests share a name; give each request its own id.")
+        self.engine = ServingEngine(loaded, block_size=block_size, num_blocks=num_blocks,
+                                    max_batch_tokens=max_batch_tokens, prefix_sharing=prefix_sharing,
+                                    safety_margin=safety_margin)
+        for request in requests:  # refuse before the first step, not when a late arrival turns up
+            self.engine.check(request)
+        self.requests = tuple(requests)
+        self._pending = sorted(requests, key=lambda r: r.arrival_step)
+
+    @property
+    def done(self) -> bool:
+        return not self._pending and not self.engine.has_work()
+
+    @property
+    def steps(self) -> list[ServingStep]:
+        return self.engine.steps
+
+    def step(self) -> ServingStep | None:
+        """One scheduler step (after adding what has arrived); ``None`` once every request is done."""
+        while not self.done:
+            while self._pending and self._pending[0].arrival_step <= self.engine.next_step:
+                self.engine.add(self._pending.pop(0))
+            if self.engine.has_work():
+                return self.engine.step()
+            self.engine.next_step = self._pending[0].arrival_step  # idle until the next arrival: no step to record
+        return None
+
+    def run(self) -> None:
+        while self.step() is not None:
+            pass
+
+    def trace(self, sequential: SequentialRun | None = None) -> ServingTrace:
+        return self.engine.trace(sequential)
+
+
 def run_requests(loaded: LoadedModel, requests: Sequence[ServingRequest], *, block_size: int = DEFAULT_BLOCK_SIZE,
                  num_blocks: int, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, prefix_sharing: bool = True,
                  safety_margin: float | None = None, compare_sequential: bool = False) -> ServingTrace:
@@ -279,24 +328,12 @@ def run_requests(loaded: LoadedModel, requests: Sequence[ServingRequest], *, blo
     With ``compare_sequential`` the same requests are also run one after another with ``Stepper`` and the summary
     says whether the tokens match and how the throughputs compare.
     """
-    if not requests:
-        raise InputError("No requests to serve.")
-    engine = ServingEngine(loaded, block_size=block_size, num_blocks=num_blocks, max_batch_tokens=max_batch_tokens,
-                           prefix_sharing=prefix_sharing, safety_margin=safety_margin)
-    if len({r.request_id for r in requests}) < len(requests):
-        raise InputError("Two requests share a name; give each request its own id.")
-    for request in requests:  # refuse before the first step, not when a late arrival turns up
-        engine.check(request)
-    pending = sorted(requests, key=lambda r: r.arrival_step)
-    while pending or engine.has_work():
-        while pending and pending[0].arrival_step <= engine.next_step:
-            engine.add(pending.pop(0))
-        if not engine.has_work():
-            engine.next_step = pending[0].arrival_step  # idle until the next arrival: no step to record
-            continue
-        engine.step()
+    scenario = ServingScenario(loaded, requests, block_size=block_size, num_blocks=num_blocks,
+                               max_batch_tokens=max_batch_tokens, prefix_sharing=prefix_sharing,
+                               safety_margin=safety_margin)
+    scenario.run()
     sequential = run_sequential(loaded, requests) if compare_sequential else None
-    return engine.trace(sequential)
+    return scenario.trace(sequential)
 
 
 def run_sequential(loaded: LoadedModel, requests: Sequence[ServingRequest]) -> SequentialRun:

@@ -23,6 +23,7 @@ from kvviz.serving.cb_api import MIN_PAGE_SIZE, block_hash, blocks_for
 from kvviz.serving.engine import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_BATCH_TOKENS, ServingEngine
 from kvviz.serving.records import (
     PrefixBlock,
+    PrefixComparison,
     PrefixPrompt,
     PrefixReport,
     PrefixRun,
@@ -100,10 +101,22 @@ def run_prefix(loaded: LoadedModel, prompts: Sequence[Sequence[int]], *, block_s
             tokens=len(prompt), full_blocks=len(hashes), hit_blocks=hit_blocks,
             hit_tokens=outcome.cached_prefix_tokens, miss_blocks=len(hashes) - hit_blocks,
             first_divergence=previous.first_divergence if previous else None,
-            ttft_ms=outcome.ttft_ms, blocks=blocks,
+            ttft_ms=outcome.ttft_ms, blocks=blocks, generated_ids=outcome.generated_ids,
         ))
     return PrefixRun(model=loaded.key, device=str(loaded.device), dtype=loaded.dtype_name, block_size=block_size,
                      prompts=tuple(results))
+
+
+def compare_prefix(loaded: LoadedModel, prompt_a: Sequence[int], prompt_b: Sequence[int], *,
+                   block_size: int = DEFAULT_BLOCK_SIZE, new_tokens: int = 2) -> PrefixComparison:
+    """Prompt B after prompt A (B reuses what it can of A's blocks) beside B alone on an empty cache.
+
+    Both runs are measured the same way (``run_prefix``: each in its own engine after a warm-up request), so the
+    two times to first token differ by what the prefix cache saved.
+    """
+    shared = run_prefix(loaded, [prompt_a, prompt_b], block_size=block_size, new_tokens=new_tokens)
+    cold = run_prefix(loaded, [prompt_b], block_size=block_size, new_tokens=new_tokens)
+    return PrefixComparison(shared=shared, cold=cold, report=prefix_report(prompt_a, prompt_b, block_size))
 
 
 def _serve_alone(engine: ServingEngine, request: ServingRequest) -> RequestOutcome:

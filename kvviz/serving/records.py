@@ -232,6 +232,7 @@ class PrefixPrompt:
     first_divergence: int | None  # against the previous prompt; None for the first
     ttft_ms: float
     blocks: tuple[PrefixBlock, ...] = field(default=())
+    generated_ids: tuple[int, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -244,3 +245,25 @@ class PrefixRun:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PrefixComparison:
+    """Prompt A, then prompt B reusing A's blocks, beside prompt B alone on an empty cache (cold)."""
+
+    shared: PrefixRun  # A then B, sharing on
+    cold: PrefixRun  # B alone
+    report: PrefixReport  # B against A, from the token ids alone
+
+    @property
+    def hit(self) -> PrefixPrompt:
+        return self.shared.prompts[1]
+
+    @property
+    def cold_prompt(self) -> PrefixPrompt:
+        return self.cold.prompts[0]
+
+    @property
+    def outputs_match(self) -> bool:
+        """B's tokens are the same whether its prefix came from the cache or was computed."""
+        return self.hit.generated_ids == self.cold_prompt.generated_ids

@@ -1,0 +1,208 @@
+"""Serving: many requests on one model, their K/V in one pool of fixed-size blocks, scheduled step by step.
+
+Layout only. The scenario controls sit at the top; the stepping area (Start, Step, Play, Stop, Run to end and every
+view of the run) is a fragment, so a click re-runs that area and not the model loading. Only the open tab is drawn.
+"""
+
+import streamlit as st
+
+from kvviz.charts import serving as charts
+from kvviz.errors import KvvizError
+from kvviz.models import DEFAULT_MODEL, REGISTRY
+from kvviz.serving import report
+from kvviz.serving.prefix import compare_prefix
+from kvviz.serving.workload import library_prompt
+from kvviz.stepper import encode_prompt
+from kvviz.ui import serving as sessions
+from kvviz.ui.resources import get_model
+from kvviz.ui.step_widgets import rerun_fragment, show_figure
+
+st.title("Serving — many requests, one paged KV cache")
+st.caption(
+    "A server answers many requests at once on one copy of the model. Here the live model does that with "
+    "transformers' own serving code: each request's keys and values live in fixed-size **blocks** of one shared "
+    "pool (paged attention), requests join and leave the running batch between steps (continuous batching), and "
+    "full blocks whose tokens another request already computed are reused (prefix caching). Every block, byte and "
+    "millisecond below is read from that run."
+)
+
+model_key = st.selectbox("Model", list(REGISTRY), index=list(REGISTRY).index(DEFAULT_MODEL), key="serving_model",
+                         help="SmolLM2 is the real default model; the tiny models are random and instant.")
+try:
+    loaded = get_model(model_key)
+except KvvizError as error:
+    st.error(str(error))
+    st.stop()
+
+TABS = ["Blocks and batching", "Prefix caching"]
+blocks_tab, prefix_tab = st.tabs(TABS, key="serving_tab", on_change="rerun")
+
+
+def read_settings() -> sessions.ScenarioSettings:
+    state = st.session_state
+    return sessions.ScenarioSettings(
+        model=loaded.key, requests=int(state.get("serving_requests", 6)),
+        new_tokens=int(state.get("serving_new_tokens", 16)), block_size=int(state.get("serving_block_size", 16)),
+        arrive_every=int(state.get("serving_arrive_every", 2)), pool_blocks=int(state.get("serving_pool", 0)),
+        prefix_sharing=bool(state.get("serving_sharing", True)),
+    )
+
+
+def scenario_controls() -> None:
+    with st.container(border=True):
+        left, middle, right = st.columns(3)
+        left.slider("Requests", 1, 12, 6, key="serving_requests",
+                    help="Each is one shared instruction and a different question (see kvviz/serving/workload.py).")
+        middle.slider("New tokens per request", 2, 64, 16, key="serving_new_tokens",
+                      help="Greedy decoding; end-of-sequence is ignored so every request gets exactly this many.")
+        right.select_slider("Block size (tokens)", sessions.BLOCK_SIZES, 16, key="serving_block_size",
+                            help="Positions of K and V per block, in every layer. vLLM's default is 16.")
+        left, middle, right = st.columns(3)
+        left.slider("A new request arrives every … steps", 0, 8, 2, key="serving_arrive_every",
+                    help="0: all arrive at once.")
+        middle.number_input("Pool size (blocks; 0 = room for every request)", 0, 4096, 0, key="serving_pool",
+                            help="A small pool makes requests wait and, when decoding runs out of blocks, "
+                                 "preempts one: its blocks are freed and it is recomputed later.")
+        right.toggle("Prefix caching", True, key="serving_sharing",
+                     help="Reuse full blocks whose tokens (and everything before them) were computed already.")
+
+
+@st.fragment
+def stepping_area() -> None:
+    session = sessions.get_session()
+    sessions.play_tick(session)
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button("Start", key="serving_start", type="primary", on_click=sessions.on_start,
+                  args=(loaded, read_settings), help="A new run with the settings above; runs its first step.")
+        st.button("Step", key="serving_step", on_click=sessions.on_step, help="One scheduler step: one forward pass.")
+        st.button("Play", key="serving_play", on_click=sessions.on_play, help="Step until every request is done.")
+        st.button("Stop", key="serving_stop", on_click=sessions.on_stop, disabled=not session.playing)
+        if st.button("Run to end", key="serving_run_all"):
+            with st.spinner("Serving every request…"):
+                sessions.run_to_end(session)
+    sessions.show_message(session)
+    scenario = session.scenario
+    if scenario is None:
+        st.info("Press **Start** to serve the requests: the first step admits the first request and prefills it.")
+        return
+    if sessions.settings_changed(session, read_settings()):
+        st.info("The settings changed since the last Start: press Start to apply them.")
+    trace = scenario.trace()
+    latest = trace.steps[-1]
+    shown = latest
+    if not session.playing and len(trace.steps) > 1:
+        index = st.slider("Show step", 0, len(trace.steps) - 1, len(trace.steps) - 1, key="serving_view_step")
+        shown = trace.steps[index]
+    with st.container(horizontal=True, vertical_alignment="center"):
+        done = sum(1 for view in latest.requests if view.state == "done")
+        st.markdown(f"**Step {latest.index}** · {done} of {len(scenario.requests)} requests done · "
+                    f"{latest.free_blocks} of {trace.num_blocks} blocks free")
+        if session.playing:
+            st.badge("playing", icon=":material/play_arrow:", color="blue")
+    st.markdown(report.step_sentence(trace, shown))
+
+    left, right = st.columns(2, gap="medium")
+    with left:
+        show_figure(charts.pool_grid_figure(trace, shown), "serving_chart_pool")
+        st.caption("Each square is one block: the K and V of "
+                   f"{trace.block_size} consecutive positions of one sequence in all {loaded.card.layers} layers "
+                   f"({trace.block_bytes:,} bytes here). A request's blocks need not be next to each other; its block "
+                   "table (right) says where each part of its sequence lives. A black outline with ×N marks a block "
+                   "N requests read at once (the same prefix, stored once). Grey **c** blocks belong to no request "
+                   "any more but keep their content for a later prompt with the same prefix; they are handed out "
+                   "again when free blocks run short.")
+    with right:
+        st.dataframe(charts.block_table_rows(trace, shown), hide_index=True, key="serving_tables")
+    show_figure(charts.memory_bars_figure(trace, shown), "serving_chart_waste")
+    st.caption("Paged: a request holds only the blocks its tokens fill, so the only unwritten bytes are the tail of "
+               "each request's last block (internal fragmentation). Contiguous: a request reserves room for its "
+               "whole answer when it is admitted (here its own prompt + new tokens; servers that did not know the "
+               "answer's length reserved the model's whole context).")
+    left, right = st.columns(2, gap="medium")
+    with left:
+        show_figure(charts.batch_figure(trace, shown.index), "serving_chart_batch")
+    with right:
+        show_figure(charts.memory_steps_figure(trace, shown.index), "serving_chart_bytes")
+    st.caption("One forward pass per step feeds every running request at once: new requests' prompt tokens (in "
+               "chunks when long) beside one token for each request already decoding. Requests join when the "
+               "scheduler has blocks for them and leave the moment they finish, not when the whole batch does.")
+
+    if scenario.done:
+        st.markdown(report.waste_sentence(trace))
+        if session.sequential is None:
+            if st.button("Compare with one request at a time", key="serving_compare",
+                         help="Runs the same requests one after another with the plain cached stepper."):
+                with st.spinner("Running every request alone…"):
+                    sessions.compare_sequential(session, loaded)
+                rerun_fragment()
+        else:
+            summary = scenario.trace(session.sequential).summary
+            left, middle, right = st.columns(3)
+            left.metric("Batched · tokens/s", f"{summary.tokens_per_s_batched:,.1f}")
+            middle.metric("One at a time · tokens/s", f"{summary.tokens_per_s_sequential:,.1f}")
+            right.metric("Same tokens", "yes" if summary.outputs_match_sequential else "NO")
+            st.markdown(report.throughput_sentence(summary))
+
+    if session.playing:
+        rerun_fragment()
+
+
+def prefix_area() -> None:
+    st.markdown("Two prompts that start with the same long system prompt and ask different questions. Prompt A "
+                "runs first; prompt B then finds A's full blocks in the cache, and is measured again alone on an "
+                "empty cache.")
+    left, right = st.columns(2)
+    text_a = left.text_area("Prompt A", library_prompt("When are you open on Saturday?"), height=150,
+                            key="serving_prefix_a")
+    text_b = right.text_area("Prompt B", library_prompt("How many books can I borrow at once?"), height=150,
+                             key="serving_prefix_b")
+    block_size = st.select_slider("Block size (tokens)", sessions.BLOCK_SIZES, 16, key="serving_prefix_block")
+    session = sessions.get_session()
+    if st.button("Run A, then B; then B alone", key="serving_prefix_run", type="primary"):
+        try:
+            if not text_a.strip() or not text_b.strip():
+                raise KvvizError("Both prompts need some text.")
+            ids_a, ids_b = encode_prompt(loaded, text_a), encode_prompt(loaded, text_b)
+            with st.spinner("Running the prompts…"):
+                session.prefix = compare_prefix(loaded, ids_a, ids_b, block_size=block_size)
+            session.prefix_texts = ([loaded.tokenizer.decode([t]) for t in ids_a],
+                                    [loaded.tokenizer.decode([t]) for t in ids_b])
+        except KvvizError as error:
+            st.error(str(error))
+    comparison = session.prefix
+    if comparison is None:
+        st.info("Press **Run A, then B; then B alone** to see which blocks B reuses and what that saves.")
+        return
+    hit, cold, prefix = comparison.hit, comparison.cold_prompt, comparison.report
+    run = comparison.shared
+    left, right = st.columns([2, 3], gap="medium")
+    with left:
+        show_figure(charts.ttft_figure(["B cold", "B after A"], [cold.ttft_ms, hit.ttft_ms], [0, hit.hit_tokens],
+                                       f"{run.model} · {run.device} · {run.dtype} · blocks of {run.block_size}"),
+                    "serving_chart_ttft")
+        st.markdown(report.ttft_sentence(cold.ttft_ms, hit.ttft_ms, hit.hit_tokens, hit.tokens))
+        st.markdown(f"B's first {len(hit.generated_ids)} tokens are "
+                    + ("**the same** with and without the cached prefix."
+                       if comparison.outputs_match else "**different** with the cached prefix."))
+    with right:
+        st.subheader("Why did my prefix hit (or miss)?")
+        for sentence in report.prefix_miss_sentences(prefix, run.prompts[0].tokens, hit.tokens):
+            st.markdown(sentence)
+    texts_a, texts_b = session.prefix_texts
+    st.html(sessions.prefix_tokens_html(texts_a, texts_b, run.block_size, prefix.first_divergence, hit.hit_blocks))
+    st.caption("The two prompts' tokens side by side, one row per block of B. Green: found in the cache. Orange: a "
+               "full block computed. Grey: a partial last block, which is never cached. The red token is the first "
+               "where the prompts differ.")
+    st.markdown(f"**Prompt B's full blocks**: {hit.hit_blocks} of {hit.full_blocks} found in the cache. Each hash "
+                "covers its parent's hash and its own tokens, so a block matches only when everything before it "
+                "matched too.")
+    st.dataframe(charts.prefix_block_rows(run, 1), hide_index=True, key="serving_prefix_blocks")
+
+
+if blocks_tab.open:
+    with blocks_tab:
+        scenario_controls()
+        stepping_area()
+if prefix_tab.open:
+    with prefix_tab:
+        prefix_area()
