@@ -143,8 +143,25 @@ def stepping_area() -> None:
             right.metric("Same tokens", "yes" if summary.outputs_match_sequential else "NO")
             st.markdown(report.throughput_sentence(summary))
 
+    block_size_area(session)
     if session.playing:
         rerun_fragment()
+
+
+def block_size_area(session: sessions.ServingSession) -> None:
+    st.subheader("Which block size?")
+    if st.button("Measure every block size from 4 to 256", key="serving_sweep",
+                 help="Serves the requests set above once per block size, each with room for every request."):
+        with st.spinner("Serving the requests once per block size…"):
+            sessions.sweep_block_sizes(session, loaded, read_settings())
+    if session.block_sweep is None:
+        st.caption("Small blocks waste less of each request's last block and can reuse shorter shared prefixes; "
+                   "large blocks mean fewer entries in every block table and fewer, larger reads. Press the button "
+                   "to measure both sides on these requests.")
+        return
+    show_figure(charts.block_size_figure(session.block_sweep, f"{loaded.card.name} · {loaded.device} · "
+                                         f"{loaded.dtype_name}"), "serving_chart_sweep")
+    st.markdown(report.block_size_sentence(session.block_sweep))
 
 
 def prefix_area() -> None:

@@ -202,3 +202,31 @@ def test_compare_prefix_reuses_the_whole_blocks_the_report_predicts():
     assert comparison.report.reusable_blocks == len(b"a common start, then ") // 4 == 5
     assert comparison.hit.hit_blocks == 5 and comparison.cold_prompt.hit_blocks == 0
     assert comparison.outputs_match
+
+
+def test_block_size_sweep_trades_waste_and_reuse_against_block_table_length():
+    from kvviz.models import load_model
+    from kvviz.serving.block_size import block_size_sweep
+
+    loaded = load_model("tiny-llama")
+    shared = tuple(b"a shared instruction of forty bytes or so, question ")  # 52 tokens, then a digit
+    requests = [ServingRequest(f"r{i}", shared + tuple(b"%d?" % i), 5, arrival_step=2 * i) for i in range(3)]
+    small, large = block_size_sweep(loaded, requests, sizes=(4, 32))
+    assert (small.block_size, large.block_size) == (4, 32)
+    assert small.prefix_cached_tokens == 2 * (len(shared) // 4) * 4  # r1 and r2 reuse the whole blocks of the prefix
+    assert large.prefix_cached_tokens == 2 * 32
+    assert small.waste_fraction_paged < large.waste_fraction_paged
+    assert small.block_table_entries_peak > large.block_table_entries_peak
+    sentence = report.block_size_sentence((small, large))
+    assert f"{small.prefix_cached_tokens} prompt tokens came from the prefix cache" in sentence
+
+
+def test_the_sweep_button_draws_the_trade_off(monkeypatch):
+    from kvviz.serving import block_size
+
+    monkeypatch.setattr(block_size, "SWEEP_SIZES", (4, 16))
+    at = click(click(open_page(), "serving_start"), "serving_sweep")
+    points = serving(at).block_sweep
+    assert [p.block_size for p in points] == [4, 16]
+    assert "The block-size trade-off, measured on the same requests" in chart_titles(at)[-1]
+    assert report.block_size_sentence(points) in [m.value for m in at.markdown]

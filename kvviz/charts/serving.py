@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from kvviz.charts.style import FORMULA, GENERATED, NAIVE, PROMPT, base_layout, measured_on
 from kvviz.kv_formula import format_bytes
-from kvviz.serving.records import PrefixRun, ServingStep, ServingTrace
+from kvviz.serving.records import BlockSizePoint, PrefixRun, ServingStep, ServingTrace
 
 # Colour-blind-safe qualitative colours (Tol's muted set), one per request; free and cached blocks stay grey.
 REQUEST_COLOURS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255",
@@ -227,3 +227,27 @@ def ttft_figure(labels: Sequence[str], ttft_ms: Sequence[float], hits: Sequence[
     fig.update_layout(height=300, yaxis={"rangemode": "tozero"})
     fig.update_yaxes(range=[0, max(ttft_ms, default=1) * 1.25])
     return base_layout(fig, "Time to first token: cold against a prefix hit", "", "ms", note=note)
+
+
+def block_size_figure(points: Sequence[BlockSizePoint], note: str) -> go.Figure:
+    """Waste and prefix reuse against block size, from one run of the same requests per size."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, subplot_titles=(
+        "Unwritten share of held bytes", "Prompt tokens found in the prefix cache", "Block-table entries (peak)"))
+    x = [str(p.block_size) for p in points]
+    fig.add_trace(go.Bar(x=x, y=[100 * p.waste_fraction_paged for p in points], marker_color=WASTE,
+                         hovertext=[f"{p.waste_fraction_paged:.1%} of held bytes unwritten, averaged over {p.steps} "
+                                    f"steps; peak {format_bytes(p.paged_bytes_peak)} held" for p in points],
+                         hoverinfo="text", showlegend=False), row=1, col=1)
+    fig.add_trace(go.Bar(x=x, y=[p.prefix_cached_tokens for p in points], marker_color=HIT,
+                         hovertext=[f"{p.prefix_cached_tokens} of {p.prompt_tokens} prompt tokens reused"
+                                    for p in points], hoverinfo="text", showlegend=False), row=1, col=2)
+    fig.add_trace(go.Bar(x=x, y=[p.block_table_entries_peak for p in points], marker_color=USED,
+                         hoverinfo="y", showlegend=False), row=1, col=3)
+    fig.update_xaxes(title_text="block size (tokens)", type="category")
+    fig.update_yaxes(title_text="%", row=1, col=1)
+    fig.update_yaxes(title_text="tokens", row=1, col=2)
+    fig.update_yaxes(title_text="entries", row=1, col=3)
+    fig.update_layout(height=340)
+    return base_layout(fig, "The block-size trade-off, measured on the same requests", note=note)

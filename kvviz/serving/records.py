@@ -267,3 +267,18 @@ class PrefixComparison:
     def outputs_match(self) -> bool:
         """B's tokens are the same whether its prefix came from the cache or was computed."""
         return self.hit.generated_ids == self.cold_prompt.generated_ids
+
+
+@dataclass(frozen=True)
+class BlockSizePoint:
+    """One run of the same requests at one block size (``block_size.py``)."""
+
+    block_size: int
+    steps: int
+    paged_bytes_peak: int  # bytes of the blocks held, at the step holding most
+    paged_used_bytes_at_peak: int  # of which written with real tokens
+    waste_fraction_paged: float  # reserved but unwritten, averaged over steps
+    prefix_cached_tokens: int  # prompt tokens found in the prefix cache, over all requests
+    prompt_tokens: int
+    block_table_entries_peak: int  # block-table entries of all requests together, at most
+    seconds: float

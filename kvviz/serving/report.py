@@ -6,8 +6,10 @@ the sentences against the records they were written from (``tests/test_serving_p
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from kvviz.kv_formula import format_bytes
-from kvviz.serving.records import PrefixReport, ServingStep, ServingSummary, ServingTrace
+from kvviz.serving.records import BlockSizePoint, PrefixReport, ServingStep, ServingSummary, ServingTrace
 
 
 def step_sentence(trace: ServingTrace, step: ServingStep) -> str:
@@ -101,3 +103,14 @@ def ttft_sentence(cold_ms: float, hit_ms: float, hit_tokens: int, prompt_tokens:
     return (f"Time to first token of prompt B: {cold_ms:,.0f} ms cold, {hit_ms:,.0f} ms with {hit_tokens} of its "
             f"{prompt_tokens} tokens found in the prefix cache ({saving:.0%} less). Both are measured on this model, "
             "each as the time from the request's arrival to its first token.")
+
+
+def block_size_sentence(points: Sequence[BlockSizePoint]) -> str:
+    """The measured ends of the block-size sweep."""
+    small, large = points[0], points[-1]
+    return (f"At {small.block_size} tokens per block, {small.waste_fraction_paged:.0%} of the held bytes were "
+            f"unwritten and {small.prefix_cached_tokens} prompt tokens came from the prefix cache, with up to "
+            f"{small.block_table_entries_peak} block-table entries; at {large.block_size}, "
+            f"{large.waste_fraction_paged:.0%} unwritten, {large.prefix_cached_tokens} reused, "
+            f"{large.block_table_entries_peak} entries. A prefix is reused only in whole blocks, so larger blocks "
+            "find less of it.")

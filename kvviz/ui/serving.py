@@ -20,7 +20,8 @@ from kvviz.errors import KvvizError
 from kvviz.models import LoadedModel
 from kvviz.serving.accounting import default_pool_blocks
 from kvviz.serving.engine import ServingScenario, run_sequential
-from kvviz.serving.records import PrefixComparison, SequentialRun, ServingRequest
+from kvviz.serving.block_size import block_size_sweep
+from kvviz.serving.records import BlockSizePoint, PrefixComparison, SequentialRun, ServingRequest
 from kvviz.serving.workload import demo_requests
 
 MessageLevel = Literal["info", "warning", "error"]
@@ -49,6 +50,7 @@ class ServingSession:
     message: tuple[MessageLevel, str] | None = None
     sequential: SequentialRun | None = None
     prefix: PrefixComparison | None = None
+    block_sweep: tuple[BlockSizePoint, ...] | None = None
     prefix_texts: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
 
 
@@ -145,6 +147,11 @@ def compare_sequential(session: ServingSession, loaded: LoadedModel) -> None:
     if session.scenario is None:
         return
     session.sequential = _attempt(session, lambda: run_sequential(loaded, session.scenario.requests))
+
+
+def sweep_block_sizes(session: ServingSession, loaded: LoadedModel, settings: ScenarioSettings) -> None:
+    """The scenario's requests served once per block size (each with room for every request)."""
+    session.block_sweep = _attempt(session, lambda: block_size_sweep(loaded, scenario_requests(loaded, settings)))
 
 
 def settings_changed(session: ServingSession, settings: ScenarioSettings) -> bool:
