@@ -286,3 +286,78 @@ class ServerMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ----- memory pressure and concurrency --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PressurePoint:
+    """The pool and the queue after one step of a run under memory pressure."""
+
+    step: int
+    blocks_held: int  # held by at least one request
+    blocks_cached: int  # held by none, kept for prefix reuse (handed out again when blocks run short)
+    blocks_free: int
+    running: int  # holding blocks (prefilling or decoding), sat-out ones included
+    waiting: int  # arrived and not running: never admitted yet, or preempted
+    preempted: int  # sent back to the queue this step
+    arrived: int
+    finished: int
+
+
+@dataclass(frozen=True)
+class PressureTimeline:
+    """A run's pool and queue, step by step, and what pressure did to it."""
+
+    pool_blocks: int
+    block_size: int
+    points: tuple[PressurePoint, ...]
+    preemptions: int
+    peak_waiting: int
+    steps_with_waiting: int  # steps after which some arrived request was not running
+    peak_blocks_held: int
+
+
+@dataclass(frozen=True)
+class PressureRun:
+    """Seeded arrivals served from a pool deliberately too small for all of them at once."""
+
+    seed: int
+    mean_gap_steps: float
+    pool_fraction: float  # the pool's share of the blocks every request at full length would need at once
+    trace: ServingTrace
+    timeline: PressureTimeline
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConcurrencyProjection:
+    """How many requests of ``tokens_per_request`` a KV pool holds at once, computed as vLLM computes the figure
+    it prints at start-up ("Maximum concurrency for N tokens per request: X.XXx").
+
+    ``source`` is "projection" (a GPU's memory, less the weights, shared into blocks by kvviz's KV formula) or
+    "live pool" (the blocks of a kvviz serving engine); the GPU fields are None for a live pool.
+    """
+
+    source: str
+    model: str
+    cache_dtype: str
+    block_size: int
+    kv_bytes_per_token: int
+    block_bytes: int
+    num_blocks: int
+    pool_tokens: int
+    pool_bytes: int
+    tokens_per_request: int
+    blocks_per_request: int
+    max_concurrency: float
+    gpu_memory_bytes: int | None = None
+    memory_utilization: float | None = None
+    weight_bytes: int | None = None
+    other_bytes: int | None = None  # activations, CUDA graphs and the like, when the caller knows them
+    kv_budget_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
