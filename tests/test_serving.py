@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -156,6 +157,28 @@ def test_paged_pool_wastes_less_than_contiguous_reservations(staggered_trace):
     assert summary.paged_bytes_peak < summary.contiguous_bytes_reserved
 
 
+def test_whole_context_reservations_hold_the_model_context_for_every_request_holding_blocks(untied_llama,
+                                                                                          staggered_trace):
+    context = untied_llama.card.context_length
+    assert staggered_trace.context_length == context == 512  # the config's max_position_embeddings
+    per_token = staggered_trace.summary.bytes_per_token
+    reserved, over = 0, 0
+    for step in staggered_trace.steps:
+        memory = step.memory
+        holding = [v for v in step.requests if v.state in ("prefilling", "decoding")]
+        assert memory.contiguous_context_reserved == len(holding) * context * per_token
+        assert memory.contiguous_context_over_reservation == memory.contiguous_context_reserved - memory.contiguous_used
+        reserved += memory.contiguous_context_reserved
+        over += memory.contiguous_context_over_reservation
+    summary = staggered_trace.summary
+    assert summary.contiguous_context_bytes_reserved == max(s.memory.contiguous_context_reserved
+                                                            for s in staggered_trace.steps)
+    assert summary.waste_fraction_contiguous_context == pytest.approx(over / reserved)
+    # Short requests in a 512-token context: nearly all of a whole-context reservation is never written.
+    assert summary.waste_fraction_contiguous < 0.5 < summary.waste_fraction_contiguous_context < 1
+    assert summary.contiguous_context_bytes_reserved > summary.contiguous_bytes_reserved
+
+
 def test_a_short_pool_preempts_and_recomputes_without_changing_outputs(untied_llama):
     requests = [ServingRequest(f"p{i}", tuple(range(10 + i, 18 + i)), 24) for i in range(4)]
     trace = run_requests(untied_llama, requests, block_size=BLOCK, num_blocks=16, safety_margin=0.0,
@@ -299,12 +322,28 @@ def test_serve_json_contract():
             "tokens_per_s_batched", "tokens_per_s_sequential", "preemptions",
             "outputs_match_sequential"} <= set(summary)
     assert summary["outputs_match_sequential"] is True and summary["requests"] == 3
+    assert payload["context_length"] == 1024  # tiny-llama's
+    peak_holding = max(sum(r["state"] in ("prefilling", "decoding") for r in s["requests"]) for s in payload["steps"])
+    assert summary["contiguous_context_bytes_reserved"] == peak_holding * 1024 * summary["bytes_per_token"]
+    assert summary["contiguous_bytes_reserved"] < summary["contiguous_context_bytes_reserved"]
+    assert 0 < summary["waste_fraction_contiguous"] < summary["waste_fraction_contiguous_context"] < 1
+    assert {"contiguous_context_reserved", "contiguous_context_over_reservation"} <= set(payload["steps"][0]["memory"])
     step = payload["steps"][0]
     assert {"index", "batch", "requests", "blocks", "free_blocks", "preempted", "memory", "ms"} <= set(step)
     assert {"request_id", "state", "tokens_held", "block_table", "last_block_fill"} <= set(step["requests"][0])
     assert len(payload["requests"]) == 3 and all(len(r["generated_ids"]) == 4 for r in payload["requests"])
     assert {"prompt_ids", "arrival_step", "ttft_ms", "cached_prefix_tokens",
             "preemptions"} <= set(payload["requests"][0])
+
+
+def test_serve_table_prints_the_whole_context_reservation(capsys):
+    assert main(["serve", "--model", "tiny-llama", "--requests", "2", "--new-tokens", "3", "--block-size", "4"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "whole 1,024-token context" in line)
+    # Two requests × 1,024 positions × (K,V × 4 layers × 2 KV heads × 16 dims × 4 bytes = 1 KiB a position).
+    waste = re.search(r"peak 2 MiB, waste (\d+\.\d)%$", line)
+    assert waste is not None, line
+    assert 50 < float(waste.group(1)) < 100  # prompts of ~200 tokens in a 1,024-token reservation
 
 
 def test_prefix_json_contract(capsys):

@@ -1,4 +1,5 @@
-"""Bytes of a serving run: the paged pool beside a contiguous per-request reservation, and the waste of each.
+"""Bytes of a serving run: the paged pool beside two contiguous reservations (each request's own maximum length,
+and the model's whole context per request), and the waste of each.
 
 Block bytes come from the live pool tensor (``cb_api.PagedBatcher.block_bytes``); this module checks them against
 kvviz's KV-size formula and does the arithmetic per step. It is the only serving module that imports
@@ -49,14 +50,16 @@ class KvSize:
 
 
 def step_memory(requests: Sequence[RequestView], blocks: Sequence[BlockView], block_bytes: int,
-                max_tokens: dict[str, int], size: KvSize) -> StepMemory:
-    """Bytes after one step. ``max_tokens``: each request's maximum cache length, its contiguous reservation."""
+                max_tokens: dict[str, int], size: KvSize, context_tokens: int) -> StepMemory:
+    """Bytes after one step. ``max_tokens``: each request's maximum cache length, its contiguous reservation;
+    ``context_tokens``: the model's context length, what a server reserving whole contexts gives every request."""
     held = [block for block in blocks if block.ref_count > 0]
     paged_reserved = len(held) * block_bytes
     paged_used = sum(size.for_tokens(block.tokens) for block in held)
     holding = [view for view in requests if view.state in HOLDING_STATES]
     contiguous_reserved = sum(size.for_tokens(max_tokens[view.request_id]) for view in holding)
     contiguous_used = sum(size.for_tokens(view.tokens_held) for view in holding)
+    context_reserved = len(holding) * size.for_tokens(context_tokens)
     return StepMemory(
         paged_reserved=paged_reserved,
         paged_used=paged_used,
@@ -65,6 +68,8 @@ def step_memory(requests: Sequence[RequestView], blocks: Sequence[BlockView], bl
         contiguous_reserved=contiguous_reserved,
         contiguous_used=contiguous_used,
         contiguous_over_reservation=contiguous_reserved - contiguous_used,
+        contiguous_context_reserved=context_reserved,
+        contiguous_context_over_reservation=context_reserved - contiguous_used,
     )
 
 
@@ -85,3 +90,11 @@ def default_pool_blocks(max_cache_tokens: Iterable[int], block_size: int) -> int
     """Enough blocks for every request at its full length at once, plus the scheduler's free-space margin."""
     needed = sum(math.ceil(tokens / block_size) for tokens in max_cache_tokens)
     return math.ceil(needed / HEADROOM) + 1
+
+
+def context_waste_fraction(steps: Iterable[ServingStep]) -> float:
+    """Like ``waste_fractions``, for whole-context reservations: bytes reserved but not written over bytes reserved,
+    each summed over steps."""
+    memories = [step.memory for step in steps]
+    held = sum(m.contiguous_context_reserved for m in memories)
+    return sum(m.contiguous_context_over_reservation for m in memories) / held if held else 0.0

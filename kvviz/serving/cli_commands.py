@@ -152,6 +152,9 @@ def _print_serve_table(loaded: Any, trace: Any) -> None:
     print(f"# peak bytes: paged {format_bytes(s.paged_bytes_peak)}, "
           f"contiguous {format_bytes(s.contiguous_bytes_reserved)}; "
           f"waste: paged {s.waste_fraction_paged:.1%}, contiguous {s.waste_fraction_contiguous:.1%}")
+    print(f"# reserving the whole {trace.context_length:,}-token context per request (as servers before paged "
+          f"attention did): peak {format_bytes(s.contiguous_context_bytes_reserved)}, "
+          f"waste {s.waste_fraction_contiguous_context:.1%}")
     print(f"# tokens/s: batched {s.tokens_per_s_batched:.1f}, one at a time {s.tokens_per_s_sequential:.1f}; "
           f"preemptions {s.preemptions}; prompt tokens reused from the prefix cache {s.prefix_cached_tokens}")
     print(f"# outputs match one-at-a-time decoding: {'yes' if s.outputs_match_sequential else 'NO'}")

@@ -20,7 +20,7 @@ import torch
 
 from kvviz.errors import InputError
 from kvviz.models import LoadedModel
-from kvviz.serving.accounting import HOLDING_STATES, KvSize, step_memory, waste_fractions
+from kvviz.serving.accounting import HOLDING_STATES, KvSize, context_waste_fraction, step_memory, waste_fractions
 from kvviz.serving.cb_api import PagedBatcher, PoolSnapshot, RequestSnapshot, Scheduled, blocks_for
 from kvviz.serving.records import (
     BatchEntry,
@@ -67,6 +67,7 @@ class ServingEngine:
         self._admitted: set[str] = set()
         self._preempted: set[str] = set()  # waiting again after a preemption
         self._preemptions: dict[str, int] = {}
+        self._folded: dict[str, int] = {}  # tokens generated before the last preemption, now part of the prompt
         self._cached_prefix: dict[str, int] = {}
         self._first_token: dict[str, tuple[int, float]] = {}  # step, ttft ms
         self._finished: dict[str, tuple[int, tuple[int, ...], tuple[float, ...]]] = {}
@@ -153,7 +154,8 @@ class ServingEngine:
         return ServingStep(
             index=index, arrived=arrived, batch=batch, requests=views, blocks=blocks, free_blocks=pool.free_blocks,
             preempted=preempted, sat_out=sat_out, finished=tuple(finished),
-            memory=step_memory(views, blocks, self.block_bytes, max_tokens, self.size),
+            memory=step_memory(views, blocks, self.block_bytes, max_tokens, self.size,
+                               self.loaded.card.context_length),
             ms=ms, forward_ms=forward_ms,
         )
 
@@ -162,6 +164,7 @@ class ServingEngine:
         preempted = tuple(rid for rid in sorted(self._admitted)
                           if rid in snapshots and snapshots[rid].status == "waiting")
         for rid in preempted:
+            self._folded[rid] = snapshots[rid].generated
             self._admitted.discard(rid)
             self._unadmitted.add(rid)
             self._preempted.add(rid)
@@ -170,9 +173,11 @@ class ServingEngine:
 
     def _batch_entry(self, item: Scheduled, index: int) -> BatchEntry:
         rid = item.request_id
-        cached = 0
-        if rid in self._unadmitted:  # admitted now: what it skipped was found in the prefix cache
+        cached, queried = 0, 0
+        admitted = rid in self._unadmitted
+        if admitted:  # admitted now: what it skipped was found in the prefix cache
             cached = item.past_tokens
+            queried = len(self.requests[rid].prompt_ids) + self._folded.get(rid, 0)
             self._cached_prefix.setdefault(rid, cached)
             self._unadmitted.discard(rid)
             self._preempted.discard(rid)
@@ -185,6 +190,8 @@ class ServingEngine:
             decode_tokens=item.query_tokens if item.decoding else 0,
             cached_prefix_tokens=cached,
             produced_token=item.produces_token,
+            admitted=admitted,
+            queried_tokens=queried,
         )
 
     def _request_view(self, rid: str, snap: RequestSnapshot | None, pool: PoolSnapshot) -> RequestView:
@@ -241,6 +248,7 @@ class ServingEngine:
             max_batch_tokens=self.max_batch_tokens, prefix_sharing=self.batcher.prefix_sharing,
             pool_block_ids=self.batcher.block_ids, requests=tuple(self.requests.values()), steps=tuple(self.steps),
             outcomes=outcomes, summary=self._summary(outcomes, sequential),
+            context_length=self.loaded.card.context_length,
         )
 
     def _summary(self, outcomes: Sequence[RequestOutcome], sequential: SequentialRun | None) -> ServingSummary:
@@ -268,6 +276,9 @@ class ServingEngine:
             sequential_seconds=sequential.seconds if sequential else None,
             tokens_per_s_sequential=sequential.tokens_per_s if sequential else None,
             outputs_match_sequential=match, max_logprob_diff=diff,
+            contiguous_context_bytes_reserved=max((s.memory.contiguous_context_reserved for s in self.steps),
+                                                  default=0),
+            waste_fraction_contiguous_context=context_waste_fraction(self.steps),
         )
 
 

@@ -42,6 +42,8 @@ class BatchEntry:
     decode_tokens: int  # 0 or 1: the token chosen last step, fed back
     cached_prefix_tokens: int  # prompt tokens found in the prefix cache when this request was admitted
     produced_token: bool
+    admitted: bool = False  # joined the batch this step (first time, or again after a preemption)
+    queried_tokens: int = 0  # when admitted: tokens looked up in the prefix cache (prompt + any folded output)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,10 @@ class StepMemory:
     (a shared block once); ``internal_fragmentation`` is the rest, the unfilled tail of each last block; ``cached``
     is kept for reuse and handed out again under pressure. Contiguous: every admitted request reserves its maximum
     length (prompt + new tokens - 1) up front, as a static per-sequence cache would; ``over_reservation`` is the
-    part not yet (or never) written, and shared prefixes are stored once per request.
+    part not yet (or never) written, and shared prefixes are stored once per request. Contiguous context: every
+    admitted request reserves the model's whole context length, as servers before paged attention did (they could
+    not know how long an answer would grow, so each sequence got ``max_model_len`` positions);
+    ``contiguous_context_over_reservation`` is that reservation less the positions written.
     """
 
     paged_reserved: int
@@ -86,6 +91,8 @@ class StepMemory:
     contiguous_reserved: int
     contiguous_used: int
     contiguous_over_reservation: int
+    contiguous_context_reserved: int
+    contiguous_context_over_reservation: int
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,8 @@ class ServingSummary:
     tokens_per_s_sequential: float | None = None
     outputs_match_sequential: bool | None = None
     max_logprob_diff: float | None = None
+    contiguous_context_bytes_reserved: int = 0  # peak, every admitted request holding the model's whole context
+    waste_fraction_contiguous_context: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,7 @@ class ServingTrace:
     steps: tuple[ServingStep, ...]
     outcomes: tuple[RequestOutcome, ...]
     summary: ServingSummary
+    context_length: int = 0  # the model's maximum positions per sequence (what a whole-context reservation holds)
 
     def outcome(self, request_id: str) -> RequestOutcome:
         return next(o for o in self.outcomes if o.request_id == request_id)
@@ -282,3 +292,110 @@ class BlockSizePoint:
     prompt_tokens: int
     block_table_entries_peak: int  # block-table entries of all requests together, at most
     seconds: float
+
+
+# ----- production view ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServerMetrics:
+    """A serving engine's KV cache and queue in a few numbers, read from its Prometheus text (``metrics.parse_metrics``)
+    or from a kvviz run (``metrics.live_metrics``), so the two can stand side by side.
+
+    Counts (requests, tokens, preemptions, pool tokens) are summed over label sets (data-parallel engines, ranks);
+    fractions (KV usage, SGLang's hit-rate gauge) are their unweighted mean, as vLLM averages KV usage over ranks.
+    With several ``model_name`` labels the totals cover all of them and ``per_model`` has one entry per model.
+    ``missing`` names the fields of this record the source did not have (they are None).
+    """
+
+    engine: str  # "vllm", "sglang", "kvviz" (a kvviz run), "unknown"
+    kv_cache_usage: float | None  # fraction 0..1 of the pool held by running requests (cached-only blocks are free)
+    prefix_cache_queries: int | None  # prompt tokens looked up in the prefix cache since start
+    prefix_cache_hits: int | None  # of those, tokens found (and not computed)
+    prefix_hit_rate: float | None  # hits / queries; SGLang: its own cache_hit_rate gauge; None without queries
+    running: int | None  # requests in the running batch (prefilling or decoding)
+    waiting: int | None  # requests queued, preempted ones included
+    preemptions: int | None  # since start (SGLang calls them retractions)
+    model: str | None = None  # the model_name label when there is exactly one
+    models: tuple[str, ...] = ()
+    per_model: tuple[ServerMetrics, ...] = ()  # one entry per model_name when there are several
+    pool_tokens: int | None = None  # positions the KV pool holds (vLLM: blocks × block size; SGLang: max tokens)
+    block_size: int | None = None  # tokens per block, where the engine reports it
+    missing: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----- memory pressure and concurrency --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PressurePoint:
+    """The pool and the queue after one step of a run under memory pressure."""
+
+    step: int
+    blocks_held: int  # held by at least one request
+    blocks_cached: int  # held by none, kept for prefix reuse (handed out again when blocks run short)
+    blocks_free: int
+    running: int  # holding blocks (prefilling or decoding), sat-out ones included
+    waiting: int  # arrived and not running: never admitted yet, or preempted
+    preempted: int  # sent back to the queue this step
+    arrived: int
+    finished: int
+
+
+@dataclass(frozen=True)
+class PressureTimeline:
+    """A run's pool and queue, step by step, and what pressure did to it."""
+
+    pool_blocks: int
+    block_size: int
+    points: tuple[PressurePoint, ...]
+    preemptions: int
+    peak_waiting: int
+    steps_with_waiting: int  # steps after which some arrived request was not running
+    peak_blocks_held: int
+
+
+@dataclass(frozen=True)
+class PressureRun:
+    """Seeded arrivals served from a pool deliberately too small for all of them at once."""
+
+    seed: int
+    mean_gap_steps: float
+    pool_fraction: float  # the pool's share of the blocks every request at full length would need at once
+    trace: ServingTrace
+    timeline: PressureTimeline
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConcurrencyProjection:
+    """How many requests of ``tokens_per_request`` a KV pool holds at once, computed as vLLM computes the figure
+    it prints at start-up ("Maximum concurrency for N tokens per request: X.XXx").
+
+    ``source`` is "projection" (a GPU's memory, less the weights, shared into blocks by kvviz's KV formula) or
+    "live pool" (the blocks of a kvviz serving engine); the GPU fields are None for a live pool.
+    """
+
+    source: str
+    model: str
+    cache_dtype: str
+    block_size: int
+    kv_bytes_per_token: int
+    block_bytes: int
+    num_blocks: int
+    pool_tokens: int
+    pool_bytes: int
+    tokens_per_request: int
+    blocks_per_request: int
+    max_concurrency: float
+    gpu_memory_bytes: int | None = None
+    memory_utilization: float | None = None
+    weight_bytes: int | None = None
+    other_bytes: int | None = None  # activations, CUDA graphs and the like, when the caller knows them
+    kv_budget_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
