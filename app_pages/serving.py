@@ -10,7 +10,11 @@ from kvviz.charts import serving as charts
 from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.serving import report
+from kvviz.kv_configs import all_presets
+from kvviz.kv_formula import BF16, CACHE_PRECISIONS, GPUS, weights_bytes
+from kvviz.serving.metrics import EXAMPLES, example_metrics, fetch_metrics, live_metrics, metrics_row, parse_metrics
 from kvviz.serving.prefix import compare_prefix
+from kvviz.serving.pressure import project_concurrency, run_pressure, trace_concurrency
 from kvviz.serving.workload import library_prompt
 from kvviz.stepper import encode_prompt
 from kvviz.ui import serving as sessions
@@ -34,8 +38,8 @@ except KvvizError as error:
     st.error(str(error))
     st.stop()
 
-TABS = ["Blocks and batching", "Prefix caching"]
-blocks_tab, prefix_tab = st.tabs(TABS, key="serving_tab", on_change="rerun")
+TABS = ["Blocks and batching", "Prefix caching", "Memory pressure", "Production metrics"]
+blocks_tab, prefix_tab, pressure_tab, metrics_tab = st.tabs(TABS, key="serving_tab", on_change="rerun")
 
 
 def read_settings() -> sessions.ScenarioSettings:
@@ -114,6 +118,7 @@ def stepping_area() -> None:
     with right:
         st.dataframe(charts.block_table_rows(trace, shown), hide_index=True, key="serving_tables")
     show_figure(charts.memory_bars_figure(trace, shown), "serving_chart_waste")
+    st.markdown(report.context_reservation_sentence(trace, shown))
     st.caption("Paged: a request holds only the blocks its tokens fill, so the only unwritten bytes are the tail of "
                "each request's last block (internal fragmentation). Contiguous: a request reserves room for its "
                "whole answer when it is admitted (here its own prompt + new tokens; servers that did not know the "
@@ -216,6 +221,108 @@ def prefix_area() -> None:
     st.dataframe(charts.prefix_block_rows(run, 1), hide_index=True, key="serving_prefix_blocks")
 
 
+def pressure_area() -> None:
+    st.markdown("The demo requests again, arriving at seeded random steps, served from a pool deliberately smaller "
+                "than they need together (prefix caching off, so every request's blocks are its own). Requests wait "
+                "for room; when a running request needs a block and none is free, one is **preempted**.")
+    session = sessions.get_session()
+    with st.container(border=True):
+        left, middle, right = st.columns(3)
+        count = left.slider("Requests", 2, 12, 8, key="serving_pressure_requests")
+        new_tokens = middle.slider("New tokens per request", 4, 64, 24, key="serving_pressure_tokens")
+        fraction = right.slider("Pool, share of what all need at once", 0.1, 1.0, 0.4, 0.05,
+                                key="serving_pressure_fraction",
+                                help="Never less than the largest request needs alone, plus one block.")
+        left, middle, _ = st.columns(3)
+        gap = left.slider("Mean steps between arrivals", 0.0, 4.0, 1.0, 0.5, key="serving_pressure_gap")
+        seed = middle.number_input("Seed", 0, 10_000, 0, key="serving_pressure_seed")
+    if st.button("Serve under pressure", key="serving_pressure_run", type="primary",
+                 help="Also runs each request alone, to check the tokens."):
+        try:
+            with st.spinner("Serving, then running each request alone…"):
+                session.pressure = run_pressure(loaded, count=count, new_tokens=new_tokens, seed=int(seed),
+                                                mean_gap_steps=gap, pool_fraction=fraction)
+        except KvvizError as error:
+            st.error(str(error))
+    run = session.pressure
+    if run is not None:
+        trace = run.trace
+        show_figure(charts.pressure_figure(run.timeline, f"{trace.model} · {trace.device} · {trace.dtype} · seed "
+                                           f"{run.seed}"), "serving_chart_pressure")
+        st.markdown(report.pressure_sentence(run))
+        st.markdown("**This pool's maximum concurrency**: " + report.concurrency_sentence(trace_concurrency(trace)))
+    else:
+        st.info("Press **Serve under pressure** to watch admission, waiting and preemption.")
+
+    st.subheader("Maximum concurrency on a real GPU (a projection)")
+    st.caption("vLLM prints this figure at start-up. It is computed here from the model's public config and "
+               "kvviz's KV formula (the Memory page's), not measured: vLLM also sets memory aside for activations "
+               "and CUDA graphs, so the real pool is somewhat smaller.")
+    presets = [spec for spec in all_presets() if not any(g.kind == "sliding" for g in spec.groups)]
+    names = [spec.key for spec in presets]
+    left, middle, right = st.columns(3)
+    key = left.selectbox("Model (public config)", names, index=names.index("llama-3.1-8b"),
+                         key="serving_projection_model")
+    gpu_key = middle.selectbox("GPU", list(GPUS), index=list(GPUS).index("h100"),
+                               format_func=lambda k: GPUS[k].name, key="serving_projection_gpu")
+    cache = right.selectbox("Cache dtype", ["bf16", "fp8"], key="serving_projection_cache")
+    left, middle, _ = st.columns(3)
+    utilisation = left.slider("GPU memory utilisation", 0.5, 0.98, 0.9, 0.01, key="serving_projection_util",
+                              help="vLLM's --gpu-memory-utilization (default 0.9).")
+    spec = presets[names.index(key)]
+    tokens = middle.number_input("Tokens per request", 16, spec.max_context, min(8192, spec.max_context),
+                                 key="serving_projection_tokens",
+                                 help=f"vLLM uses --max-model-len; this model's context is {spec.max_context:,}.")
+    try:
+        projection = project_concurrency(spec, CACHE_PRECISIONS[cache], GPUS[gpu_key].memory_bytes,
+                                         weights_bytes(spec.parameters, BF16), utilisation, int(tokens))
+        st.metric(f"{spec.name} on one {GPUS[gpu_key].name}", f"{projection.max_concurrency:,.2f}×",
+                  help="Requests of that many tokens the pool holds at once, all at full length.")
+        st.markdown(report.concurrency_sentence(projection))
+    except KvvizError as error:
+        st.error(str(error))
+
+
+def metrics_area() -> None:
+    st.markdown("A model too big for this machine runs on a server such as vLLM or SGLang. Both publish "
+                "Prometheus metrics at `/metrics`; paste that text, or give its address, to read the same "
+                "quantities as this page shows for the live model.")
+    session = sessions.get_session()
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    url = left.text_input("Metrics address", placeholder="http://localhost:8000/metrics", key="serving_metrics_url")
+    if right.button("Fetch", key="serving_metrics_fetch", help="One request, 5 s timeout, at most 2 MB."):
+        try:
+            st.session_state["serving_metrics_text"] = fetch_metrics(url)
+        except KvvizError as error:
+            st.error(str(error))
+    example = st.segmented_control("Or an example", list(EXAMPLES), key="serving_metrics_example",
+                                   help="Written by hand from the metric names in each server's source code, not "
+                                        "scraped from a running server.")
+    if example and st.session_state.get("serving_metrics_loaded") != example:
+        st.session_state["serving_metrics_text"] = example_metrics(example)
+        st.session_state["serving_metrics_loaded"] = example
+    text = st.text_area("Metrics text", key="serving_metrics_text", height=160)
+    rows = []
+    if text.strip():
+        try:
+            server = parse_metrics(text)
+            rows.append(metrics_row(server, "server"))
+            if server.missing:
+                st.caption("Not in this text: " + ", ".join(server.missing) + ".")
+        except KvvizError as error:
+            st.error(str(error))
+    scenario = session.scenario
+    if scenario is not None:
+        rows.append(metrics_row(live_metrics(scenario.trace()), "this page's run"))
+    else:
+        st.caption("Run the scenario in **Blocks and batching** to see the live model's figures beside the server's.")
+    if rows:
+        st.dataframe(rows, hide_index=True, key="serving_metrics_table")
+        st.caption("KV-cache usage is blocks held by running requests over the pool (blocks kept only for prefix "
+                   "reuse count as free). Prefix queries and hits are prompt tokens looked up and found, counted at "
+                   "each admission since the server started; the hit rate is hits over queries.")
+
+
 if blocks_tab.open:
     with blocks_tab:
         scenario_controls()
@@ -223,3 +330,9 @@ if blocks_tab.open:
 if prefix_tab.open:
     with prefix_tab:
         prefix_area()
+if pressure_tab.open:
+    with pressure_tab:
+        pressure_area()
+if metrics_tab.open:
+    with metrics_tab:
+        metrics_area()

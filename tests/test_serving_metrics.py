@@ -19,7 +19,7 @@ from kvviz.serving.engine import run_requests
 from kvviz.serving.metrics import fetch_metrics, live_metrics, parse_metrics
 from kvviz.serving.records import ServingRequest
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "kvviz" / "serving" / "examples"
 VLLM_TEXT = (FIXTURES / "metrics_vllm.txt").read_text()
 SGLANG_TEXT = (FIXTURES / "metrics_sglang.txt").read_text()
 BLOCK = 4

@@ -230,3 +230,36 @@ def test_the_sweep_button_draws_the_trade_off(monkeypatch):
     assert [p.block_size for p in points] == [4, 16]
     assert "The block-size trade-off, measured on the same requests" in chart_titles(at)[-1]
     assert report.block_size_sentence(points) in [m.value for m in at.markdown]
+
+
+# ----- memory pressure and production metrics -----------------------------------------------------------------------
+
+def test_pressure_tab_serves_under_pressure_and_projects_llama_on_an_h100():
+    at = open_page(serving_tab="Memory pressure", serving_pressure_requests=4, serving_pressure_tokens=8,
+                   serving_pressure_fraction=0.3)
+    # The projection needs no run: Llama-3.1-8B in bf16 on an H100 at 90 %, 8,192-token requests.
+    assert [m.value for m in at.metric] == ["56.72×"]
+    click(at, "serving_pressure_run")
+    run = serving(at).pressure
+    assert run.trace.summary.outputs_match_sequential is True
+    assert run.timeline.steps_with_waiting > 0
+    markdown = [m.value for m in at.markdown]
+    assert report.pressure_sentence(run) in markdown
+    assert chart_titles(at)[0].startswith("Memory pressure: the pool and the queue, step by step")
+
+
+def test_metrics_tab_reads_the_vllm_example_beside_the_live_run():
+    at = click(open_page(), "serving_start")
+    at.session_state["serving_tab"] = "Production metrics"
+    at.run()
+    at.segmented_control(key="serving_metrics_example").set_value("vLLM").run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["source"]) == ["server", "this page's run"]
+    assert list(table["engine"]) == ["vllm", "kvviz"]
+    assert table["prefix hit rate"][0] == "60.0%"
+
+
+def test_broken_metrics_text_is_one_clear_error():
+    at = open_page(serving_tab="Production metrics", serving_metrics_text="vllm:num_requests_running{engine=0 14\n")
+    assert len(at.error) == 1 and at.error[0].value.startswith("Could not read the metrics text")

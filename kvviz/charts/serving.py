@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from kvviz.charts.style import FORMULA, GENERATED, NAIVE, PROMPT, base_layout, measured_on
 from kvviz.kv_formula import format_bytes
-from kvviz.serving.records import BlockSizePoint, PrefixRun, ServingStep, ServingTrace
+from kvviz.serving.records import BlockSizePoint, PressureTimeline, PrefixRun, ServingStep, ServingTrace
 
 # Colour-blind-safe qualitative colours (Tol's muted set), one per request; free and cached blocks stay grey.
 REQUEST_COLOURS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255",
@@ -160,10 +160,6 @@ def memory_bars_figure(trace: ServingTrace, step: ServingStep) -> go.Figure:
         ("contiguous, each request's own maximum", m.contiguous_used, m.contiguous_over_reservation,
          "reserved up to prompt + new tokens, not yet written"),
     ]
-    context_reserved = getattr(m, "contiguous_context_reserved", None)
-    if context_reserved is not None:
-        rows.append(("contiguous, the model's whole context", m.contiguous_used, context_reserved - m.contiguous_used,
-                     "reserved up to the model's context length, not written"))
     names = [row[0] for row in rows]
     fig = go.Figure()
     if not any(row[1] or row[2] for row in rows):
@@ -251,3 +247,33 @@ def block_size_figure(points: Sequence[BlockSizePoint], note: str) -> go.Figure:
     fig.update_yaxes(title_text="entries", row=1, col=3)
     fig.update_layout(height=340)
     return base_layout(fig, "The block-size trade-off, measured on the same requests", note=note)
+
+
+def pressure_figure(timeline: PressureTimeline, note: str) -> go.Figure:
+    """The pool's blocks (held, cached, free) and the queue (running, waiting) after every step, preemptions marked."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4],
+                        subplot_titles=(f"Blocks of the pool ({timeline.pool_blocks})", "Requests"))
+    x = [p.step for p in timeline.points]
+    for name, values, colour in (("held by requests", [p.blocks_held for p in timeline.points], USED),
+                                 ("cached (reusable)", [p.blocks_cached for p in timeline.points], CACHED_BLOCK),
+                                 ("free", [p.blocks_free for p in timeline.points], FREE_BLOCK)):
+        fig.add_trace(go.Scatter(x=x, y=values, name=name, stackgroup="blocks", mode="lines",
+                                 line={"width": 0.5, "color": colour}, fillcolor=colour), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=[p.running for p in timeline.points], name="running", mode="lines",
+                             line={"color": HIT, "shape": "hv"}), row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=[p.waiting for p in timeline.points], name="waiting (preempted included)",
+                             mode="lines", line={"color": WASTE, "shape": "hv"}), row=2, col=1)
+    preempted = [p for p in timeline.points if p.preempted]
+    if preempted:
+        fig.add_trace(go.Scatter(x=[p.step for p in preempted], y=[p.waiting for p in preempted], mode="markers",
+                                 name="preemption", marker={"symbol": "x", "size": 11, "color": NAIVE},
+                                 hovertext=[f"{p.preempted} preempted" for p in preempted], hoverinfo="text+x"),
+                      row=2, col=1)
+    fig.update_xaxes(title_text="scheduler step", row=2, col=1)
+    fig.update_yaxes(title_text="blocks", row=1, col=1)
+    fig.update_yaxes(title_text="requests", row=2, col=1)
+    fig.update_layout(height=520)
+    base_layout(fig, "Memory pressure: the pool and the queue, step by step", note=note)
+    return _legend_below(fig)

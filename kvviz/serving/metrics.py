@@ -35,6 +35,7 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 
 from kvviz.errors import InputError, first_line
 from kvviz.serving.accounting import HOLDING_STATES
@@ -46,6 +47,38 @@ READ_FIELDS = ("kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "p
 MAX_BYTES = 2_000_000
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]  # sample name → (labels, value) of every series
+
+# Example texts, written by hand from each engine's metric definitions (see their first lines): for the page's
+# "Or an example" and the tests.
+_EXAMPLES_DIR = Path(__file__).parent / "examples"
+EXAMPLES = {"vLLM": _EXAMPLES_DIR / "metrics_vllm.txt", "SGLang": _EXAMPLES_DIR / "metrics_sglang.txt"}
+
+
+def example_metrics(name: str) -> str:
+    """The text of example ``name`` (a key of ``EXAMPLES``)."""
+    if name not in EXAMPLES:
+        raise InputError(f"No example called '{name}': choose one of {', '.join(EXAMPLES)}.")
+    return EXAMPLES[name].read_text()
+
+
+def metrics_row(metrics: ServerMetrics, source: str) -> dict[str, str]:
+    """One table row for the page: every figure as text, '—' where the source did not have it."""
+    def number(value: float | int | None, pattern: str = "{:,}") -> str:
+        return "—" if value is None else pattern.format(value)
+
+    return {
+        "source": source,
+        "engine": metrics.engine,
+        "model": metrics.model or ", ".join(metrics.models) or "—",
+        "KV-cache usage": number(metrics.kv_cache_usage, "{:.1%}"),
+        "pool (tokens)": number(metrics.pool_tokens),
+        "prefix queries (tokens)": number(metrics.prefix_cache_queries),
+        "prefix hits (tokens)": number(metrics.prefix_cache_hits),
+        "prefix hit rate": number(metrics.prefix_hit_rate, "{:.1%}"),
+        "running": number(metrics.running),
+        "waiting": number(metrics.waiting),
+        "preemptions": number(metrics.preemptions),
+    }
 
 
 # ----- reading the text -----------------------------------------------------------------------------------------

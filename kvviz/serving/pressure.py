@@ -173,3 +173,10 @@ def _projection(source: str, model: str, cache_dtype: str, block_size: int, per_
         tokens_per_request=tokens, blocks_per_request=math.ceil(tokens / block_size),
         max_concurrency=max_concurrency(pool_tokens, tokens, block_size), **gpu,  # type: ignore[arg-type]
     )
+
+
+def trace_concurrency(trace: ServingTrace, tokens_per_request: int | None = None) -> ConcurrencyProjection:
+    """``live_concurrency`` for a finished run: its pool's blocks and block bytes as the trace recorded them."""
+    tokens = tokens_per_request or trace.context_length
+    return _projection("live pool", trace.model, trace.dtype, trace.block_size, trace.block_bytes // trace.block_size,
+                       trace.block_bytes, trace.num_blocks, tokens)

@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Sequence
 
 from kvviz.kv_formula import format_bytes
-from kvviz.serving.records import BlockSizePoint, PrefixReport, ServingStep, ServingSummary, ServingTrace
+from kvviz.serving.records import (
+    BlockSizePoint,
+    ConcurrencyProjection,
+    PressureRun,
+    PrefixReport,
+    ServingStep,
+    ServingSummary,
+    ServingTrace,
+)
 
 
 def step_sentence(trace: ServingTrace, step: ServingStep) -> str:
@@ -47,11 +55,9 @@ def waste_sentence(trace: ServingTrace) -> str:
             f"{s.waste_fraction_contiguous:.0%} for contiguous reservations of each request's own maximum length; "
             f"peak bytes held: paged {format_bytes(s.paged_bytes_peak)}, contiguous "
             f"{format_bytes(s.contiguous_bytes_reserved)}.")
-    context_waste = getattr(s, "waste_fraction_contiguous_context", None)
-    context_bytes = getattr(s, "contiguous_context_bytes_reserved", None)
-    if context_waste is not None and context_bytes is not None:
-        text += (f" Reserving the model's whole context per request, as servers before paging did, would hold "
-                 f"{format_bytes(context_bytes)} at the peak and waste {context_waste:.0%}.")
+    text += (f" Reserving the model's whole context ({trace.context_length:,} tokens) per request, as servers did "
+             f"before paging, would hold {format_bytes(s.contiguous_context_bytes_reserved)} at the peak and waste "
+             f"{s.waste_fraction_contiguous_context:.0%}.")
     return text
 
 
@@ -114,3 +120,48 @@ def block_size_sentence(points: Sequence[BlockSizePoint]) -> str:
             f"{large.waste_fraction_paged:.0%} unwritten, {large.prefix_cached_tokens} reused, "
             f"{large.block_table_entries_peak} entries. A prefix is reused only in whole blocks, so larger blocks "
             "find less of it.")
+
+
+def context_reservation_sentence(trace: ServingTrace, step: ServingStep) -> str:
+    """What reserving the model's whole context per request would have held after ``step`` (too big to draw)."""
+    m = step.memory
+    if not m.contiguous_context_reserved:
+        return "No request holds memory after this step."
+    times = m.contiguous_context_reserved / m.paged_reserved if m.paged_reserved else float("inf")
+    return (f"Not drawn, because it would dwarf both bars: reserving the model's whole context "
+            f"({trace.context_length:,} tokens) for each running request, as servers did before paging, would hold "
+            f"{format_bytes(m.contiguous_context_reserved)} after this step, {times:,.0f}× the paged pool's "
+            f"{format_bytes(m.paged_reserved)}, with {m.contiguous_context_over_reservation / m.contiguous_context_reserved:.1%} "
+            "of it never written.")
+
+
+def pressure_sentence(run: PressureRun) -> str:
+    """What the short pool did to the requests, from the timeline."""
+    t, s = run.timeline, run.trace.summary
+    text = (f"A pool of {t.pool_blocks} blocks ({run.pool_fraction:.0%} of what all {s.requests} requests need at "
+            f"full length at once): at the busiest step {t.peak_blocks_held} blocks were held, up to "
+            f"{t.peak_waiting} requests waited, and some request waited after {t.steps_with_waiting} of the "
+            f"{s.steps} steps. ")
+    if t.preemptions:
+        text += (f"{t.preemptions} preemption{'s' if t.preemptions > 1 else ''}: a running request needed a new block "
+                 "and none was free, so one request's blocks were freed and it went back to the queue, to be "
+                 "recomputed from its prompt and the tokens it had already produced. ")
+    else:
+        text += "No request was preempted: waiting for admission was enough. "
+    if s.outputs_match_sequential is not None:
+        text += ("Every request still produced the same tokens as when run alone."
+                 if s.outputs_match_sequential else "Some request produced DIFFERENT tokens from a run alone.")
+    return text
+
+
+def concurrency_sentence(projection: ConcurrencyProjection) -> str:
+    """vLLM's start-up figure, with the arithmetic behind it."""
+    p = projection
+    where = ""
+    if p.gpu_memory_bytes is not None:
+        where = (f"{p.memory_utilization:.0%} of {format_bytes(p.gpu_memory_bytes)} less "
+                 f"{format_bytes(p.weight_bytes)} of weights leaves {format_bytes(p.kv_budget_bytes)} for the cache: ")
+    return (f"{where}{p.num_blocks:,} blocks of {p.block_size} tokens × {format_bytes(p.block_bytes)} "
+            f"({format_bytes(p.kv_bytes_per_token)} per token, {p.cache_dtype}) = {p.pool_tokens:,} tokens. A request "
+            f"of {p.tokens_per_request:,} tokens needs {p.blocks_per_request:,} blocks, so vLLM would print "
+            f"\"Maximum concurrency for {p.tokens_per_request:,} tokens per request: {p.max_concurrency:.2f}x\".")
