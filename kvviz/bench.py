@@ -8,8 +8,10 @@ Paths (``bench_results.PATHS``), each a loop that prefills a prompt and then dec
   the gap to ``dynamic`` is what the app's bookkeeping costs.
 - ``static``: a transformers ``StaticCache`` preallocated for the whole run and written in place; the decode
   step reads its input token from, and writes its chosen token to, one fixed device buffer.
-- ``graphs``: that same static decode step captured once as a CUDA graph (optionally ``torch.compile``-d first)
-  and replayed each step, so the CPU launches one graph instead of hundreds of kernels. CUDA only: on any other
+- ``graphs``: that same static decode step, with the argmax and every position kept on the device
+  (``static_decode.StaticDecoder``), captured as a CUDA graph (optionally ``torch.compile``-d first) and replayed,
+  so the CPU launches one graph instead of hundreds of kernels and reads the tokens back. ``graphs_steps`` steps
+  can share one replay and one read (each token's time is then the replay's ÷ that number). CUDA only: on any other
   device the path is skipped with the reason, never imitated.
 - ``generate``: transformers' ``generate()``, the reference people know; it only returns when done, so its
   per-token figure is its total time over the N tokens (prefill included; a separate one-token call gives its
@@ -50,8 +52,9 @@ from kvviz.errors import InputError, first_line
 from kvviz.kv_formula import ModelSpec, Precision, precision_of_torch_dtype
 from kvviz.models import LoadedModel
 from kvviz.roofline import device_name, device_peak, step_bytes, weight_bytes_read
+from kvviz.static_decode import StaticDecoder, graph_blocker
 from kvviz.stepper import NaiveStepper, Sampling, Stepper
-from kvviz.timing import DeviceTimer, synchronize
+from kvviz.timing import DeviceTimer
 
 # Cycled to the requested prompt length: ordinary prose, so a real model continues it with ordinary text.
 PROMPT_TEXT = (
@@ -230,12 +233,7 @@ class _StaticRunner(_Runner):
         out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.next_id.copy_(out.logits[:, -1].argmax(dim=-1, keepdim=True))  # (1, 1)
 
-    def decode_once(self) -> None:
-        """Feed ``next_id`` and write the greedy choice back into it: no host round trip, so it can be captured."""
-        self._feed(self.next_id)
-
     def start_run(self) -> None:
-        # Zeroing in place keeps the buffers' addresses, which a captured graph depends on.
         self.cache.reset()
 
     def prefill(self, prompt: list[int]) -> int:
@@ -243,7 +241,7 @@ class _StaticRunner(_Runner):
         return int(self.next_id)
 
     def step(self) -> int:
-        self.decode_once()
+        self._feed(self.next_id)
         return int(self.next_id)
 
     def close(self) -> None:
@@ -251,56 +249,56 @@ class _StaticRunner(_Runner):
         self.next_id = None
 
 
-class _GraphRunner(_StaticRunner):
-    """The static decode step captured once as a CUDA graph; each step replays it."""
+class _GraphRunner(_Runner):
+    """``StaticDecoder``'s decode step recorded as CUDA graphs; ``graphs_steps`` steps per replay.
+
+    Per token the host does nothing but replay and read: positions, the input token and the argmax stay on the
+    device, inside the graph. With ``graphs_steps`` = K > 1 one replay runs K steps, each feeding the next, and the
+    host reads their K tokens at once; the shared loop times one step per token, so this path has its own ``run``:
+    each timed region is one replay plus the read of its tokens, device-synchronised, and each of its tokens is
+    given an equal share. A run's last steps, fewer than K, replay a one-step graph.
+    """
 
     def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
         super().__init__(loaded, config)
-        # Only a plain full-attention StaticLayer keeps its length in a device tensor that the graph reads at each
-        # replay; sliding-window, indexed or linear-attention layers keep it as a Python number, which a captured
-        # graph would freeze at its capture value (every replay writing the same position).
-        from transformers.cache_utils import StaticLayer
-
-        others = sorted({type(layer).__name__ for layer in self.cache.layers if type(layer) is not StaticLayer})
-        if others:
-            raise _Skip(f"captures only plain full-attention static cache layers; this model also has "
-                        f"{', '.join(others)}")
+        self.decoder = StaticDecoder(self.model, config.prompt_tokens + config.tokens)
+        blocker = graph_blocker(self.decoder.cache)
+        if blocker:
+            raise _Skip(blocker)
         if loaded.device.type != "cuda":
             raise _Skip(f"needs a CUDA GPU: a CUDA graph replays recorded GPU kernel launches, and this run is on "
                         f"{loaded.device.type}")
-        self.graph: Any = None
+        self.steps_per_replay = config.graphs_steps
+        self.graphs: dict[int, Any] = {}
 
     def setup(self, prompt: list[int]) -> float | None:
+        """Compile (when asked) and capture: the one-off cost, reported apart from the per-token times."""
         start = time.perf_counter()
-        step_fn: Callable[[], None] = self.decode_once
         if self.config.graphs_compile:
-            # Fused kernels (fewer, larger launches), then captured by hand below; inductor's own CUDA graphs are
-            # off so that exactly one graph, ours, is replayed.
-            step_fn = torch.compile(self.decode_once, mode="max-autotune-no-cudagraphs", dynamic=False)
-        # The prefill allocates the cache buffers (lazily, at their first update); capture needs them to exist.
-        self.start_run()
-        self.prefill(prompt)
-        # Warm up on a side stream, as capture requires (cuBLAS workspaces, compilation, allocator pools).
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                step_fn()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: other browser sessions may run the same model on other threads while this one captures.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            step_fn()
-        synchronize(self.device)
+            self.decoder.compile()
+        for steps in sorted({self.steps_per_replay, 1}, reverse=True):
+            self.graphs[steps] = self.decoder.capture(steps, warmup_prompt=prompt[:1])
         return (time.perf_counter() - start) * 1000.0
 
-    def step(self) -> int:
-        self.graph.replay()
-        return int(self.next_id)
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        self.decoder.reset()
+        with DeviceTimer(self.device) as timer:
+            token = self.decoder.prefill(prompt)
+        result = _Run([token], timer.ms)
+        tick(1)
+        while len(result.tokens) < tokens:
+            steps = self.steps_per_replay if tokens - len(result.tokens) >= self.steps_per_replay else 1
+            with DeviceTimer(self.device) as timer:
+                self.graphs[steps].replay()
+                chosen = self.decoder.read(len(prompt) + len(result.tokens), steps)
+            for token in chosen:
+                result.add(token, timer.ms / steps, 1)
+            tick(steps)
+        return result
 
     def close(self) -> None:
-        self.graph = None
-        super().close()
+        self.graphs = {}
+        self.decoder = None
 
 
 class _GenerateRunner(_Runner):
@@ -366,6 +364,8 @@ def validate(config: BenchConfig, loaded: LoadedModel | None = None) -> None:
         raise InputError(f"Prompt tokens must be at least 1; got {config.prompt_tokens}.")
     if config.repeats < 1 or config.naive_repeats < 1:
         raise InputError("Repeats must be at least 1.")
+    if config.graphs_steps < 1:
+        raise InputError(f"Graph steps per replay must be at least 1; got {config.graphs_steps}.")
     if config.warmup_tokens < 2:
         raise InputError(f"Warm-up tokens must be at least 2 (a prefill and one step); got {config.warmup_tokens}.")
     parse_paths(config.paths)
@@ -514,6 +514,8 @@ def _path_result(state: _PathState, config: BenchConfig, loaded: LoadedModel) ->
     label = PATH_LABELS[state.name]
     if state.name == "graphs" and config.graphs_compile:
         label += " (torch.compile first)"
+    if state.name == "graphs" and config.graphs_steps > 1:
+        label += f" ({config.graphs_steps} steps per replay; ms/token = replay ÷ {config.graphs_steps})"
     warm = state.warm
     cold = dict(
         cold_setup_ms=state.setup_ms,

@@ -1,7 +1,8 @@
 """Benchmark results: what ``kvviz bench`` and the Speed page measured, and the documented JSON format.
 
 Every figure is milliseconds of wall-clock time, device-synchronised, from feeding a step's input to holding the
-chosen token id on the host. A *run* is a prefill followed by ``tokens - 1`` decode steps (the prefill already
+chosen token id on the host (the ``graphs`` path with ``graphs_steps`` K > 1: from one replay of K steps to holding
+their K tokens, shared equally among them). A *run* is a prefill followed by ``tokens - 1`` decode steps (the prefill already
 chooses the first new token). Decode step ``k`` (1-based) feeds the token chosen before it; its ``position`` is
 the number of tokens in the context once that token is in: ``prompt_tokens + k``.
 
@@ -15,7 +16,7 @@ JSON format (``format: "kvviz-bench"``, ``format_version: 1``; ``docs/bench-form
                       "torch", "transformers", "kvviz", "python", "platform", "threads", "cuda",
                       "load_average", "cpus"},
       "config": {"tokens", "prompt_tokens", "paths", "repeats", "naive_repeats", "warmup_tokens",
-                 "graphs_compile"},
+                 "graphs_compile", "graphs_steps"},
       "peak": {"memory_bytes_per_s", "memory_source", "flops_per_s", "flops_source"},
       "reference_path": "dynamic",           # the path whose tokens the others are checked against
       "paths": [{
@@ -110,12 +111,13 @@ class BenchConfig:
     naive_repeats: int = 1
     warmup_tokens: int = 4
     graphs_compile: bool = False  # graphs path: torch.compile the decode step before capturing it
+    graphs_steps: int = 1  # graphs path: decode steps per replay, their time shared equally among their tokens
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "paths": list(self.paths),
             "repeats": self.repeats, "naive_repeats": self.naive_repeats, "warmup_tokens": self.warmup_tokens,
-            "graphs_compile": self.graphs_compile,
+            "graphs_compile": self.graphs_compile, "graphs_steps": self.graphs_steps,
         }
 
     @classmethod
@@ -124,6 +126,7 @@ class BenchConfig:
             tokens=int(data["tokens"]), prompt_tokens=int(data["prompt_tokens"]), paths=tuple(data["paths"]),
             repeats=int(data["repeats"]), naive_repeats=int(data["naive_repeats"]),
             warmup_tokens=int(data["warmup_tokens"]), graphs_compile=bool(data["graphs_compile"]),
+            graphs_steps=int(data.get("graphs_steps", 1)),  # results written before it existed replayed one step
         )
 
     def runs_for(self, path: str) -> int:

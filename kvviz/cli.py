@@ -138,6 +138,8 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens of each path's untimed warm-up run (default 4)")
     parser.add_argument("--graphs-compile", action="store_true",
                         help="graphs path: torch.compile the decode step before capturing it (CUDA only)")
+    parser.add_argument("--graphs-steps", type=positive_int, default=1, metavar="K",
+                        help="graphs path: decode steps per graph replay; each token gets replay time / K (default 1)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for PyTorch (default: PyTorch's choice); 1 is steadier on a busy machine")
     parser.add_argument("--json", metavar="FILE", help="also write the full result as JSON ('-': to stdout only)")
@@ -154,6 +156,7 @@ def _bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         tokens=args.tokens, prompt_tokens=args.prompt_tokens, paths=parse_paths(args.paths), repeats=args.repeats,
         naive_repeats=args.naive_repeats, warmup_tokens=args.warmup_tokens, graphs_compile=args.graphs_compile,
+        graphs_steps=args.graphs_steps,
     )
     validate(config)
     if args.threads is not None:
@@ -218,8 +221,8 @@ def format_bench_table(result: BenchResult) -> str:
     growth = report.naive_growth_sentence(result)
     if growth is not None:
         lines.append(f"# {growth}")
-    sentences = [*report.crossover_sentences(result), *report.growth_sentences(result),
-                 report.peak_sentence(result), *report.bandwidth_sentences(result)]
+    sentences = [*report.setup_sentences(result), *report.crossover_sentences(result),
+                 *report.growth_sentences(result), report.peak_sentence(result), *report.bandwidth_sentences(result)]
     lines.extend(f"# {sentence}" for sentence in sentences)
     lines.extend(f"# WARNING: {warning}" for warning in report.warnings(result))
     if not result.complete:

@@ -104,6 +104,12 @@ def growth_sentences(result: BenchResult) -> list[str]:
     return [f"{name}: last 10 steps / steps 5-15 = {growth:.2f}x" for name, growth in growths if growth is not None]
 
 
+def setup_sentences(result: BenchResult) -> list[str]:
+    """Per path with one-off work before its first run (compilation, graph capture): what it cost, kept apart."""
+    return [f"{path.label}: one-off setup {path.cold_setup_ms / 1000:.1f} s before its first run, not in its ms/token"
+            for path in result.measured if path.cold_setup_ms is not None]
+
+
 # ----- the hardware ---------------------------------------------------------------------------------------------
 
 def bandwidth_roof_name(result: BenchResult) -> str:
