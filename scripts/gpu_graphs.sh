@@ -190,6 +190,15 @@ print("\n".join(lines))
 with open(sys.argv[2], "a") as summary:
     summary.write("\n".join(lines) + "\n")
 PY
+# The serving engine (transformers' continuous batching over a paged pool) on the GPU: 8 requests x 64 new tokens,
+# batched against one at a time, with the tokens compared.
+serve_on_gpu() {
+  "$PY" -m kvviz serve --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --requests 8 --new-tokens 64 \
+    >"$OUT_DIR/serve.txt" && grep '^#' "$OUT_DIR/serve.txt" | tee -a "$SUMMARY"
+}
+export -f serve_on_gpu
+export MODEL DEVICE DTYPE OUT_DIR SUMMARY
+step serve 60 bash -c serve_on_gpu
 step gpu-tests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_static_decode.py tests/test_bench.py
 bench graphs-compile-k1 120 --paths graphs --graphs-compile --graphs-steps 1 --repeats 3
 note "done in $((SECONDS - START))s (budget ${BUDGET}s); files in $OUT_DIR"
