@@ -361,3 +361,50 @@ class ConcurrencyProjection:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ----- prompt design --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PromptDesignVariantResult:
+    """One way of writing a scenario's prompts, run in order through the prefix cache (each after the last)."""
+
+    name: str  # "cache-friendly" or "cache-hostile"
+    description: str
+    texts: tuple[str, ...]  # each prompt as the model saw it (chat template applied where the tokenizer has one)
+    prompt_tokens: tuple[int, ...]
+    hit_tokens: tuple[int, ...]  # prompt tokens found in the prefix cache, not computed
+    first_divergence: tuple[int | None, ...]  # where each prompt first differs from the one before (None: first)
+    ttft_ms: tuple[float, ...]
+    hit_rate_after_first: float  # hit tokens / prompt tokens over prompts 2.. (the first meets an empty cache)
+    hit_rate_overall: float  # hit tokens / prompt tokens over every prompt, the first included
+    prefill_tokens_saved: int  # = total hit tokens: positions whose K/V were reused instead of computed
+
+
+@dataclass(frozen=True)
+class PromptDesignScenarioResult:
+    key: str
+    title: str
+    lesson: str
+    friendly: PromptDesignVariantResult
+    hostile: PromptDesignVariantResult
+
+
+@dataclass(frozen=True)
+class PromptDesignRun:
+    """Every scenario on one model; ``seconds`` is the whole run's wall time (model already loaded)."""
+
+    model: str
+    device: str
+    dtype: str
+    block_size: int
+    new_tokens: int
+    chat_template: bool  # the prompts went through the tokenizer's chat template
+    seconds: float
+    scenarios: tuple[PromptDesignScenarioResult, ...]
+
+    def scenario(self, key: str) -> PromptDesignScenarioResult:
+        return next(s for s in self.scenarios if s.key == key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
