@@ -269,7 +269,8 @@ class ServerMetrics:
     ``missing`` names the fields of this record the source did not have (they are None).
     """
 
-    engine: str  # "vllm", "sglang", "kvviz" (a kvviz run), "unknown"
+    engine: str  # "vllm" or "sglang" (parse_metrics), "kvviz" (live_metrics); "unknown" is never produced: the
+    # parser refuses text it cannot attribute to one engine
     kv_cache_usage: float | None  # fraction 0..1 of the pool held by running requests (cached-only blocks are free)
     prefix_cache_queries: int | None  # prompt tokens looked up in the prefix cache since start
     prefix_cache_hits: int | None  # of those, tokens found (and not computed)
