@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.server
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -116,6 +118,12 @@ def test_broken_text_names_the_line_that_is_not_prometheus_text():
 def test_text_without_known_metrics_is_refused_with_a_reason(text, message):
     with pytest.raises(InputError, match=message):
         parse_metrics(text)
+
+
+def test_reading_metrics_imports_neither_torch_nor_transformers():
+    code = ("import sys, kvviz.serving.metrics\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # ----- fetching -------------------------------------------------------------------------------------------------

@@ -307,7 +307,8 @@ class ServerMetrics:
     ``missing`` names the fields of this record the source did not have (they are None).
     """
 
-    engine: str  # "vllm", "sglang", "kvviz" (a kvviz run), "unknown"
+    engine: str  # "vllm" or "sglang" (parse_metrics), "kvviz" (live_metrics); "unknown" is never produced: the
+    # parser refuses text it cannot attribute to one engine
     kv_cache_usage: float | None  # fraction 0..1 of the pool held by running requests (cached-only blocks are free)
     prefix_cache_queries: int | None  # prompt tokens looked up in the prefix cache since start
     prefix_cache_hits: int | None  # of those, tokens found (and not computed)
@@ -396,6 +397,53 @@ class ConcurrencyProjection:
     weight_bytes: int | None = None
     other_bytes: int | None = None  # activations, CUDA graphs and the like, when the caller knows them
     kv_budget_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----- prompt design --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PromptDesignVariantResult:
+    """One way of writing a scenario's prompts, run in order through the prefix cache (each after the last)."""
+
+    name: str  # "cache-friendly" or "cache-hostile"
+    description: str
+    texts: tuple[str, ...]  # each prompt as the model saw it (chat template applied where the tokenizer has one)
+    prompt_tokens: tuple[int, ...]
+    hit_tokens: tuple[int, ...]  # prompt tokens found in the prefix cache, not computed
+    first_divergence: tuple[int | None, ...]  # where each prompt first differs from the one before (None: first)
+    ttft_ms: tuple[float, ...]
+    hit_rate_after_first: float  # hit tokens / prompt tokens over prompts 2.. (the first meets an empty cache)
+    hit_rate_overall: float  # hit tokens / prompt tokens over every prompt, the first included
+    prefill_tokens_saved: int  # = total hit tokens: positions whose K/V were reused instead of computed
+
+
+@dataclass(frozen=True)
+class PromptDesignScenarioResult:
+    key: str
+    title: str
+    lesson: str
+    friendly: PromptDesignVariantResult
+    hostile: PromptDesignVariantResult
+
+
+@dataclass(frozen=True)
+class PromptDesignRun:
+    """Every scenario on one model; ``seconds`` is the whole run's wall time (model already loaded)."""
+
+    model: str
+    device: str
+    dtype: str
+    block_size: int
+    new_tokens: int
+    chat_template: bool  # the prompts went through the tokenizer's chat template
+    seconds: float
+    scenarios: tuple[PromptDesignScenarioResult, ...]
+
+    def scenario(self, key: str) -> PromptDesignScenarioResult:
+        return next(s for s in self.scenarios if s.key == key)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
