@@ -14,6 +14,7 @@ from kvviz.kv_configs import all_presets
 from kvviz.kv_formula import BF16, CACHE_PRECISIONS, GPUS, weights_bytes
 from kvviz.serving.metrics import EXAMPLES, example_metrics, fetch_metrics, live_metrics, metrics_row, parse_metrics
 from kvviz.serving.prefix import compare_prefix
+from kvviz.serving.prompt_design import run_prompt_design
 from kvviz.serving.pressure import project_concurrency, run_pressure, trace_concurrency
 from kvviz.serving.workload import library_prompt
 from kvviz.stepper import encode_prompt
@@ -38,8 +39,8 @@ except KvvizError as error:
     st.error(str(error))
     st.stop()
 
-TABS = ["Blocks and batching", "Prefix caching", "Memory pressure", "Production metrics"]
-blocks_tab, prefix_tab, pressure_tab, metrics_tab = st.tabs(TABS, key="serving_tab", on_change="rerun")
+TABS = ["Blocks and batching", "Prefix caching", "Prompt design", "Memory pressure", "Production metrics"]
+blocks_tab, prefix_tab, design_tab, pressure_tab, metrics_tab = st.tabs(TABS, key="serving_tab", on_change="rerun")
 
 
 def read_settings() -> sessions.ScenarioSettings:
@@ -221,6 +222,31 @@ def prefix_area() -> None:
     st.dataframe(charts.prefix_block_rows(run, 1), hide_index=True, key="serving_prefix_blocks")
 
 
+def design_area() -> None:
+    st.markdown("Four habits that decide whether a server's prefix cache hits, each written two ways and run "
+                "through the live model's prefix cache: four prompts in order, each after the one before finished. "
+                "Only whole blocks that match from the very first token are reused, so anything that changes early "
+                "in a prompt (a timestamp, a user name, a shuffled example) ends the reuse there.")
+    session = sessions.get_session()
+    block_size = st.select_slider("Block size (tokens)", sessions.BLOCK_SIZES, 16, key="serving_design_block")
+    if st.button("Measure the four prompt designs", key="serving_design_run", type="primary",
+                 help="32 prompts through the prefix cache; about 10 s with SmolLM2 on a quiet 2-core CPU."):
+        try:
+            with st.spinner("Running 8 variants × 4 prompts…"):
+                session.design = run_prompt_design(loaded, block_size=block_size)
+        except KvvizError as error:
+            st.error(str(error))
+    run = session.design
+    if run is None:
+        st.info("Press **Measure the four prompt designs** to run them on this model.")
+        return
+    show_figure(charts.prompt_design_figure(run), "serving_chart_design")
+    for scenario in run.scenarios:
+        with st.expander(f"{scenario.title}: {report.design_sentence(scenario)}"):
+            st.markdown(scenario.lesson)
+            st.dataframe(charts.design_rows(scenario), hide_index=True, key=f"serving_design_{scenario.key}")
+
+
 def pressure_area() -> None:
     st.markdown("The demo requests again, arriving at seeded random steps, served from a pool deliberately smaller "
                 "than they need together (prefix caching off, so every request's blocks are its own). Requests wait "
@@ -330,6 +356,9 @@ if blocks_tab.open:
 if prefix_tab.open:
     with prefix_tab:
         prefix_area()
+if design_tab.open:
+    with design_tab:
+        design_area()
 if pressure_tab.open:
     with pressure_tab:
         pressure_area()

@@ -263,3 +263,16 @@ def test_metrics_tab_reads_the_vllm_example_beside_the_live_run():
 def test_broken_metrics_text_is_one_clear_error():
     at = open_page(serving_tab="Production metrics", serving_metrics_text="vllm:num_requests_running{engine=0 14\n")
     assert len(at.error) == 1 and at.error[0].value.startswith("Could not read the metrics text")
+
+
+def test_prompt_design_tab_charts_both_variants_of_every_scenario():
+    at = click(open_page(serving_tab="Prompt design", serving_design_block=8), "serving_design_run")
+    run = serving(at).design
+    assert run.block_size == 8 and len(run.scenarios) == 4
+    assert all(s.friendly.hit_rate_after_first > s.hostile.hit_rate_after_first for s in run.scenarios)
+    assert [e.label for e in at.expander] == [f"{s.title}: {report.design_sentence(s)}" for s in run.scenarios]
+    fig_titles = chart_titles(at)
+    assert fig_titles[0].startswith("Prompt design and the prefix cache")
+    table = at.dataframe[0].value
+    friendly = run.scenarios[0].friendly
+    assert list(table["found in cache"])[:len(friendly.hit_tokens)] == list(friendly.hit_tokens)

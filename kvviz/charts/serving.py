@@ -13,7 +13,15 @@ import plotly.graph_objects as go
 
 from kvviz.charts.style import FORMULA, GENERATED, NAIVE, PROMPT, base_layout, measured_on
 from kvviz.kv_formula import format_bytes
-from kvviz.serving.records import BlockSizePoint, PressureTimeline, PrefixRun, ServingStep, ServingTrace
+from kvviz.serving.records import (
+    BlockSizePoint,
+    PressureTimeline,
+    PrefixRun,
+    PromptDesignRun,
+    PromptDesignScenarioResult,
+    ServingStep,
+    ServingTrace,
+)
 
 # Colour-blind-safe qualitative colours (Tol's muted set), one per request; free and cached blocks stay grey.
 REQUEST_COLOURS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255",
@@ -210,7 +218,7 @@ def prefix_block_rows(run: PrefixRun, prompt_index: int) -> list[dict[str, str |
         "hash": block.content_hash,
         "parent hash": block.parent_hash or "— (first block)",
         "found in cache": "hit" if block.hit else "miss",
-        "pool block": "—" if block.block_id is None else block.block_id,
+        "pool block": "—" if block.block_id is None else str(block.block_id),
     } for block in run.prompts[prompt_index].blocks]
 
 
@@ -277,3 +285,39 @@ def pressure_figure(timeline: PressureTimeline, note: str) -> go.Figure:
     fig.update_layout(height=520)
     base_layout(fig, "Memory pressure: the pool and the queue, step by step", note=note)
     return _legend_below(fig)
+
+
+def prompt_design_figure(run: PromptDesignRun) -> go.Figure:
+    """Hit rate and prefill tokens saved, cache-friendly against cache-hostile, for each prompt-design scenario."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Prompt tokens found in the cache (prompts 2 on)",
+                                                        "Prefill tokens saved"))
+    titles = [scenario.title for scenario in run.scenarios]
+    for variant, colour in (("friendly", HIT), ("hostile", MISS)):
+        results = [getattr(scenario, variant) for scenario in run.scenarios]
+        name = results[0].name if results else variant
+        fig.add_trace(go.Bar(x=titles, y=[100 * r.hit_rate_after_first for r in results], name=name,
+                             marker_color=colour, legendgroup=variant,
+                             hovertext=[f"{r.description}: {sum(r.hit_tokens)} of {sum(r.prompt_tokens)} prompt "
+                                        f"tokens reused" for r in results], hoverinfo="text+y"), row=1, col=1)
+        fig.add_trace(go.Bar(x=titles, y=[r.prefill_tokens_saved for r in results], name=name, marker_color=colour,
+                             legendgroup=variant, showlegend=False), row=1, col=2)
+    fig.update_yaxes(title_text="%", range=[0, 100], row=1, col=1)
+    fig.update_yaxes(title_text="tokens", row=1, col=2)
+    fig.update_layout(barmode="group", height=420)
+    base_layout(fig, "Prompt design and the prefix cache", note=f"{measured_on(run.model, run.device, run.dtype)} · "
+                f"blocks of {run.block_size} tokens")
+    return _legend_below(fig)
+
+
+def design_rows(scenario: PromptDesignScenarioResult) -> list[dict[str, str | int]]:
+    """One row per prompt of both variants: its tokens, how many were found in the cache, its time to first token."""
+    rows = []
+    for variant in (scenario.friendly, scenario.hostile):
+        for index, (tokens, hit, divergence, ttft) in enumerate(zip(variant.prompt_tokens, variant.hit_tokens,
+                                                                    variant.first_divergence, variant.ttft_ms)):
+            rows.append({"variant": variant.name, "prompt": index + 1, "tokens": tokens, "found in cache": hit,
+                         "differs from the previous at token": "—" if divergence is None else str(divergence),
+                         "time to first token (ms)": f"{ttft:,.0f}"})
+    return rows

@@ -13,6 +13,7 @@ from kvviz.serving.records import (
     BlockSizePoint,
     ConcurrencyProjection,
     PressureRun,
+    PromptDesignScenarioResult,
     PrefixReport,
     ServingStep,
     ServingSummary,
@@ -165,3 +166,10 @@ def concurrency_sentence(projection: ConcurrencyProjection) -> str:
             f"({format_bytes(p.kv_bytes_per_token)} per token, {p.cache_dtype}) = {p.pool_tokens:,} tokens. A request "
             f"of {p.tokens_per_request:,} tokens needs {p.blocks_per_request:,} blocks, so vLLM would print "
             f"\"Maximum concurrency for {p.tokens_per_request:,} tokens per request: {p.max_concurrency:.2f}x\".")
+
+
+def design_sentence(scenario: PromptDesignScenarioResult) -> str:
+    """Both variants' measured hit rates, after the first prompt."""
+    friendly, hostile = scenario.friendly, scenario.hostile
+    return (f"{friendly.hit_rate_after_first:.0%} of prompt tokens found in the cache ({friendly.name}) against "
+            f"{hostile.hit_rate_after_first:.0%} ({hostile.name})")

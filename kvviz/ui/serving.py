@@ -21,7 +21,7 @@ from kvviz.models import LoadedModel
 from kvviz.serving.accounting import default_pool_blocks
 from kvviz.serving.engine import ServingScenario, run_sequential
 from kvviz.serving.block_size import block_size_sweep
-from kvviz.serving.records import BlockSizePoint, PressureRun, PrefixComparison, SequentialRun, ServingRequest
+from kvviz.serving.records import BlockSizePoint, PressureRun, PrefixComparison, PromptDesignRun, SequentialRun, ServingRequest
 from kvviz.serving.workload import demo_requests
 
 MessageLevel = Literal["info", "warning", "error"]
@@ -52,6 +52,7 @@ class ServingSession:
     prefix: PrefixComparison | None = None
     block_sweep: tuple[BlockSizePoint, ...] | None = None
     pressure: PressureRun | None = None
+    design: PromptDesignRun | None = None
     prefix_texts: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
 
 
