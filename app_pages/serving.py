@@ -96,7 +96,7 @@ def stepping_area() -> None:
     latest = trace.steps[-1]
     shown = latest
     if not session.playing and len(trace.steps) > 1:
-        index = st.slider("Show step", 0, len(trace.steps) - 1, len(trace.steps) - 1, key="serving_view_step")
+        index = st.slider("Show step", 0, len(trace.steps) - 1, len(trace.steps) - 1, key=sessions.VIEW_STEP_KEY)
         shown = trace.steps[index]
     with st.container(horizontal=True, vertical_alignment="center"):
         done = sum(1 for view in latest.requests if view.state == "done")
@@ -106,18 +106,19 @@ def stepping_area() -> None:
             st.badge("playing", icon=":material/play_arrow:", color="blue")
     st.markdown(report.step_sentence(trace, shown))
 
-    left, right = st.columns(2, gap="medium")
+    left, right = st.columns([3, 2], gap="medium")
     with left:
         show_figure(charts.pool_grid_figure(trace, shown), "serving_chart_pool")
+    with right:
         st.caption("Each square is one block: the K and V of "
                    f"{trace.block_size} consecutive positions of one sequence in all {loaded.card.layers} layers "
                    f"({trace.block_bytes:,} bytes here). A request's blocks need not be next to each other; its block "
-                   "table (right) says where each part of its sequence lives. A black outline with ×N marks a block "
+                   "table (below) says where each part of its sequence lives. A black outline with ×N marks a block "
                    "N requests read at once (the same prefix, stored once). Grey **c** blocks belong to no request "
                    "any more but keep their content for a later prompt with the same prefix; they are handed out "
                    "again when free blocks run short.")
-    with right:
-        st.dataframe(charts.block_table_rows(trace, shown), hide_index=True, key="serving_tables")
+    st.dataframe(charts.block_table_rows(trace, shown), hide_index=True, key="serving_tables",
+                 column_config={"block table": st.column_config.TextColumn(width="large")})
     show_figure(charts.memory_bars_figure(trace, shown), "serving_chart_waste")
     st.markdown(report.context_reservation_sentence(trace, shown))
     st.caption("Paged: a request holds only the blocks its tokens fill, so the only unwritten bytes are the tail of "

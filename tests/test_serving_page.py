@@ -276,3 +276,12 @@ def test_prompt_design_tab_charts_both_variants_of_every_scenario():
     table = at.dataframe[0].value
     friendly = run.scenarios[0].friendly
     assert list(table["found in cache"])[:len(friendly.hit_tokens)] == list(friendly.hit_tokens)
+
+
+def test_the_step_slider_follows_each_new_step_after_looking_back():
+    at = click(click(click(open_page(), "serving_start"), "serving_step"), "serving_step")
+    at.slider(key="serving_view_step").set_value(0).run()
+    assert chart_titles(at)[0].startswith("The pool after step 0:")
+    click(at, "serving_step")
+    assert at.slider(key="serving_view_step").value == 3
+    assert chart_titles(at)[0].startswith("The pool after step 3:")

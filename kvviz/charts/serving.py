@@ -111,7 +111,9 @@ def pool_grid_figure(trace: ServingTrace, step: ServingStep, columns: int = GRID
                      f"{step.free_blocks} free", note=_note(trace))
     fig.update_xaxes(visible=False, range=[-0.7, columns - 0.3])
     fig.update_yaxes(visible=False, autorange="reversed", range=[rows - 0.3, -0.7])
-    fig.update_layout(height=110 + 32 * rows, plot_bgcolor="#FFFFFF")
+    fig.update_layout(height=150 + 32 * rows, plot_bgcolor="#FFFFFF",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.02, "xanchor": "left", "x": 0.0},
+                      margin={"b": 60})
     return fig
 
 

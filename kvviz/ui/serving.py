@@ -27,6 +27,7 @@ from kvviz.serving.workload import demo_requests
 MessageLevel = Literal["info", "warning", "error"]
 _SESSION_KEY = "kvviz_serving"
 BLOCK_SIZES = (4, 8, 16, 32, 64, 128, 256)
+VIEW_STEP_KEY = "serving_view_step"
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,18 @@ def pool_blocks_for(requests: Sequence[ServingRequest], block_size: int) -> int:
     return default_pool_blocks([r.max_cache_tokens for r in requests], block_size)
 
 
-def _attempt(session: ServingSession, action: Callable[[], Any]) -> Any:
+def _show_latest() -> None:
+    """After a new step the step slider starts again at the latest step (it keeps a value the user chose only
+    until the run moves on)."""
+    st.session_state.pop(VIEW_STEP_KEY, None)
+
+
+def _attempt(session: ServingSession, action: Callable[[], Any], new_steps: bool = False) -> Any:
+    """Run ``action``; a ``KvvizError`` becomes the session's message. ``new_steps``: the action runs scheduler
+    steps (called before the step slider is drawn), so the slider moves to the latest."""
     session.message = None
+    if new_steps:
+        _show_latest()
     try:
         return action()
     except KvvizError as error:
@@ -98,7 +109,7 @@ def on_start(loaded: LoadedModel, read_settings: Callable[[], ScenarioSettings])
         session.sequential = None
         session.scenario.step()
 
-    _attempt(session, start)
+    _attempt(session, start, new_steps=True)
 
 
 def on_step() -> None:
@@ -110,7 +121,7 @@ def on_step() -> None:
     if session.scenario.done:
         session.message = ("info", "Every request is done: press Start for a new run.")
         return
-    _attempt(session, session.scenario.step)
+    _attempt(session, session.scenario.step, new_steps=True)
 
 
 def on_play() -> None:
@@ -132,14 +143,14 @@ def on_stop() -> None:
 def run_to_end(session: ServingSession) -> None:
     if session.scenario is not None:
         session.playing = False
-        _attempt(session, session.scenario.run)
+        _attempt(session, session.scenario.run, new_steps=True)
 
 
 def play_tick(session: ServingSession) -> None:
     """While Play is on: one more scheduler step; Play stops by itself when every request is done."""
     if not session.playing or session.scenario is None:
         return
-    _attempt(session, session.scenario.step)
+    _attempt(session, session.scenario.step, new_steps=True)
     if session.scenario.done:
         session.playing = False
 
