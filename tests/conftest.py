@@ -21,6 +21,19 @@ def tiny_gpt2() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def untied_llama() -> LoadedModel:
+    """A tiny Llama whose output head is not its embedding, so greedy text varies (tied random models echo)."""
+    from transformers import LlamaConfig
+
+    from kvviz.models import load_random_model
+
+    config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         tie_word_embeddings=False)
+    return load_random_model(config, "tiny-llama-untied")
+
+
+@pytest.fixture(scope="session")
 def smollm2() -> LoadedModel:
     """The real default model, from its GGUF package (converted once into the kvviz cache folder)."""
     return load_model("smollm2-135m", device="cpu", dtype="float32")

@@ -15,28 +15,17 @@ import subprocess
 import sys
 
 import pytest
-from transformers import LlamaConfig
 
 from kvviz.cli import main
 from kvviz.errors import InputError
 from kvviz.kv_configs import spec_from_config
 from kvviz.kv_formula import kv_bytes_per_token, precision_of_torch_dtype
-from kvviz.models import LoadedModel, load_random_model
 from kvviz.serving import cb_api
 from kvviz.serving.engine import ServingEngine, run_requests, run_sequential
 from kvviz.serving.prefix import prefix_report, run_prefix
 from kvviz.serving.records import ServingRequest
 
 BLOCK = 4
-
-
-@pytest.fixture(scope="module")
-def untied_llama() -> LoadedModel:
-    """A tiny Llama whose output head is not its embedding, so greedy text varies (tied random models echo)."""
-    config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                         tie_word_embeddings=False)
-    return load_random_model(config, "tiny-llama-untied")
 
 
 def staggered_requests() -> list[ServingRequest]:

@@ -13,10 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from transformers import LlamaConfig
 
 from kvviz.errors import InputError
-from kvviz.models import LoadedModel, load_random_model
 from kvviz.serving.engine import run_requests
 from kvviz.serving.metrics import fetch_metrics, live_metrics, parse_metrics
 from kvviz.serving.records import ServingRequest
@@ -191,14 +189,6 @@ def test_fetch_accepts_only_http_and_https_addresses(url):
 
 
 # ----- a kvviz run, read as vLLM would report it ----------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def untied_llama() -> LoadedModel:
-    config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                         tie_word_embeddings=False)
-    return load_random_model(config, "tiny-llama-untied")
-
 
 @pytest.fixture(scope="module")
 def shared_prefix_trace(untied_llama):

@@ -7,12 +7,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from transformers import LlamaConfig
 
 from kvviz.errors import InputError
 from kvviz.kv_configs import get_preset
 from kvviz.kv_formula import BF16, FP8, GPUS, MIB, weights_bytes
-from kvviz.models import LoadedModel, load_random_model
 from kvviz.serving.engine import ServingEngine
 from kvviz.serving.pressure import (
     live_concurrency,
@@ -23,15 +21,6 @@ from kvviz.serving.pressure import (
     run_pressure,
 )
 from kvviz.serving.workload import demo_requests
-
-
-@pytest.fixture(scope="module")
-def untied_llama() -> LoadedModel:
-    """A tiny Llama whose output head is not its embedding, so greedy text varies (tied random models echo)."""
-    config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                         tie_word_embeddings=False)
-    return load_random_model(config, "tiny-llama-untied")
 
 
 @pytest.fixture(scope="module")
