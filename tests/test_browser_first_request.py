@@ -24,11 +24,12 @@ import pytest
 
 from app_driver import ROOT, STEP_TIMEOUT_MS, StepPage, app_in_browser
 
-APP_LABELS = ["Step through", "Memory", "Attention", "Speed"]
+APP_LABELS = ["Step through", "Memory", "Attention", "Speed", "Serving"]
 TITLES = {
     "memory": "Memory — how big is the KV cache?",
     "speed": "Speed — what does the KV cache buy?",
     "attention": "Attention — what does each new token look at?",
+    "serving": "Serving — many requests, one paged KV cache",
 }
 
 # Records, from the first paint on, every label the sidebar navigation shows.
