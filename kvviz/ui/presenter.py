@@ -1,0 +1,51 @@
+"""Presenter mode: large type, a high-contrast colour-blind-safe palette, the sidebar collapsed, keyboard shortcuts.
+
+It is on with ``?present=1`` in the URL or the sidebar's toggle (session-state key ``present``); app.py collapses the
+sidebar for such a link. ``apply_style`` injects the CSS; ``shortcut`` gives a step button its key. What it does not
+do: change the Plotly charts (their colours are already the Okabe–Ito palette) or any number on the page.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from kvviz.charts.style import CACHED, NAIVE, NEWEST
+
+KEY = "present"
+# Streamlit reserves C and R, so Reset is X. Single keys are ignored while a text box has the focus.
+SHORTCUTS = {"prefill": "F", "next": "N", "play": "P", "stop": "S", "reset": "X"}
+
+# Chips in solid Okabe–Ito blue and vermillion with white text (contrast above 4.5:1), the newest in yellow with
+# black text; frames in black or white by theme would not show in both, so they are thick and yellow.
+_CSS = f"""
+<style>
+html {{ font-size: 20px; }}
+[data-testid="stMainBlockContainer"] {{ max-width: 100%; padding-top: 2rem; }}
+[data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li {{ font-size: 1.15rem; }}
+.kvviz-stream {{ font-size: 1.35rem; line-height: 2.3; }}
+.kvviz-chip.kvviz-prompt {{ background: {CACHED}; border-color: {CACHED}; color: #fff; }}
+.kvviz-chip.kvviz-generated {{ background: {NAIVE}; border-color: {NAIVE}; color: #fff; }}
+.kvviz-chip.kvviz-appended {{ outline: 4px solid {NEWEST}; outline-offset: 1px; }}
+.kvviz-chip.kvviz-newest {{ background: {NEWEST}; color: #000; border: 3px dashed #000; }}
+</style>
+"""
+
+
+def presenting() -> bool:
+    return bool(st.session_state.get(KEY, False))
+
+
+def shortcut(button: str) -> str | None:
+    """The keyboard shortcut of a step button in presenter mode; None otherwise."""
+    return SHORTCUTS[button] if presenting() else None
+
+
+def shortcut_help() -> str:
+    return " · ".join(f"**{key}** {name}" for name, key in
+                      zip(("Prefill", "Next token", "Play", "Stop", "Reset"), SHORTCUTS.values()))
+
+
+def apply_style() -> None:
+    """Inject the presenter CSS when presenter mode is on."""
+    if presenting():
+        st.html(_CSS)
