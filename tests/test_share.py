@@ -221,3 +221,27 @@ def test_without_presenter_mode_there_are_no_shortcuts_and_no_presenter_css():
     at.sidebar.toggle(key="present").set_value(True).run()
     assert at.button(key="next").proto.shortcut == "n" and len(presenter_css(at)) == 1
     assert dict(parse_qsl(urlsplit(shown_link(at)).query))["present"] == "1"
+
+
+def test_a_model_that_is_not_built_in_gets_no_link_and_the_page_says_why(tmp_path):
+    from kvviz.models import byte_tokenizer, load_random_model, tiny_config
+
+    folder = tmp_path / "local-llama"
+    load_random_model(tiny_config("tiny-llama"), "local").model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    at = open_link({}, model_choice="other", model_other=str(folder))
+    at.button(key="prefill").click().run()
+    assert trace_of(at) is not None
+    assert not [code for code in at.code if "?model=" in code.value]
+    assert "Links open the built-in models only: choose one of them to get a link." in [c.value for c in at.caption]
+
+
+def test_the_share_popover_says_when_a_trace_is_longer_than_a_link_replays(monkeypatch):
+    from kvviz.ui import share_links
+
+    monkeypatch.setattr(share_links, "LINK_MAX_STEPS", 1)
+    at = open_link({"model": "tiny-llama", "prompt": "Long", "steps": "1"})
+    at.button(key="next").click().run()
+    assert dict(parse_qsl(urlsplit(shown_link(at)).query))["steps"] == "2"
+    assert any("A link replays at most 1 steps, so this one opens at step 1 of 2." in caption.value
+               for caption in at.caption)

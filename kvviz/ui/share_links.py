@@ -19,6 +19,7 @@ import streamlit as st
 from kvviz.errors import KvvizError
 from kvviz.models import REGISTRY, LoadedModel
 from kvviz.share import (
+    LINK_MAX_STEPS,
     MAX_NEW_TOKENS_MAX,
     PANELS,
     LinkState,
@@ -149,4 +150,7 @@ def show_link(state: LinkState | None) -> None:
         what = (f"Opening it replays {steps} with the same settings"
                 + (f" and seed {state.seed}" if state.sampling else " (greedy)") + ", so it shows the same tokens."
                 if state.steps is not None else "Opening it fills in these settings; press Prefill there.")
+        if state.steps is not None and state.steps > LINK_MAX_STEPS:
+            what += (f" A link replays at most {LINK_MAX_STEPS} steps, so this one opens at step {LINK_MAX_STEPS} "
+                     f"of {state.steps}.")
         st.caption(f"Copy it with the button at the right of the box. {what}")
