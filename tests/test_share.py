@@ -6,6 +6,7 @@ the nearest valid state with a message, never a traceback.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -206,6 +207,7 @@ def test_a_presenter_link_gives_the_step_buttons_their_shortcuts_and_injects_the
     shortcuts = {key: at.button(key=key).proto.shortcut for key in ("prefill", "next", "play", "stop", "reset")}
     assert shortcuts == {"prefill": "f", "next": "n", "play": "p", "stop": "s", "reset": "x"}  # as Streamlit stores them
     assert len(presenter_css(at)) == 1
+    assert {json.loads(chart.proto.spec)["layout"]["font"]["size"] for chart in at.get("plotly_chart")} == {17}
     assert at.sidebar.toggle(key="present").value is True
     assert dict(parse_qsl(urlsplit(shown_link(at)).query))["present"] == "1"  # the link keeps presenter mode
     # The N shortcut is the Next token button: pressing it steps like a click.
@@ -217,6 +219,7 @@ def test_without_presenter_mode_there_are_no_shortcuts_and_no_presenter_css():
     at = open_link({"model": "tiny-llama", "prompt": "Slides", "steps": "0"})
     assert at.button(key="next").proto.shortcut == ""
     assert not presenter_css(at)
+    assert all("font" not in json.loads(chart.proto.spec)["layout"] for chart in at.get("plotly_chart"))
     assert "present" not in dict(parse_qsl(urlsplit(shown_link(at)).query))
     at.sidebar.toggle(key="present").set_value(True).run()
     assert at.button(key="next").proto.shortcut == "n" and len(presenter_css(at)) == 1

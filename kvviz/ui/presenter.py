@@ -2,21 +2,25 @@
 
 It is on with ``?present=1`` in the URL or the sidebar's toggle (session-state key ``present``); app.py collapses the
 sidebar for such a link. ``apply_style`` injects the CSS; ``shortcut`` gives a step button its key. What it does not
-do: change the Plotly charts (their colours are already the Okabe–Ito palette) or any number on the page.
+do: recolour the Plotly charts (they already use the Okabe–Ito palette; ``enlarge`` only raises their text size) or
+change any number on the page.
 """
 
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from kvviz.charts.style import CACHED, NAIVE, NEWEST
 
 KEY = "present"
+FIGURE_FONT_SIZE = 17  # Plotly's default is 12: too small at the back of a room
 # Streamlit reserves C and R, so Reset is X. Single keys are ignored while a text box has the focus.
 SHORTCUTS = {"prefill": "F", "next": "N", "play": "P", "stop": "S", "reset": "X"}
 
-# Chips in solid Okabe–Ito blue and vermillion with white text (contrast above 4.5:1), the newest in yellow with
-# black text; frames in black or white by theme would not show in both, so they are thick and yellow.
+# Chips in solid Okabe–Ito colours, each with the text colour that contrasts more (WCAG ratios: blue with white 5.2,
+# vermillion with black 5.4, yellow with black 15.9; white on vermillion would be 3.9). The appended frame is thick
+# and yellow because black or white would vanish in one of the two themes.
 _CSS = f"""
 <style>
 html {{ font-size: 20px; }}
@@ -24,7 +28,7 @@ html {{ font-size: 20px; }}
 [data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li {{ font-size: 1.15rem; }}
 .kvviz-stream {{ font-size: 1.35rem; line-height: 2.3; }}
 .kvviz-chip.kvviz-prompt {{ background: {CACHED}; border-color: {CACHED}; color: #fff; }}
-.kvviz-chip.kvviz-generated {{ background: {NAIVE}; border-color: {NAIVE}; color: #fff; }}
+.kvviz-chip.kvviz-generated {{ background: {NAIVE}; border-color: {NAIVE}; color: #000; }}
 .kvviz-chip.kvviz-appended {{ outline: 4px solid {NEWEST}; outline-offset: 1px; }}
 .kvviz-chip.kvviz-newest {{ background: {NEWEST}; color: #000; border: 3px dashed #000; }}
 </style>
@@ -43,6 +47,11 @@ def shortcut(button: str) -> str | None:
 def shortcut_help() -> str:
     return " · ".join(f"**{key}** {name}" for name, key in
                       zip(("Prefill", "Next token", "Play", "Stop", "Reset"), SHORTCUTS.values()))
+
+
+def enlarge(fig: go.Figure) -> go.Figure:
+    """The figure's default text in presenter size (text a chart sizes itself keeps its size)."""
+    return fig.update_layout(font={"size": FIGURE_FONT_SIZE})
 
 
 def apply_style() -> None:
