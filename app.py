@@ -7,9 +7,12 @@ once; a deep link as the first request, or a click in the first seconds after a 
 
 import streamlit as st
 
+from kvviz.share import parse_flag
 from kvviz.ui.engine_import import import_engine
 
-st.set_page_config(page_title="kvviz — see the KV cache", page_icon="🔑", layout="wide")
+# A presenter link (?present=1) opens with the sidebar collapsed; Streamlit applies this only when a page opens.
+st.set_page_config(page_title="kvviz — see the KV cache", page_icon="🔑", layout="wide",
+                   initial_sidebar_state="collapsed" if parse_flag(st.query_params.get("present")) else "auto")
 page = st.navigation(
     [
         st.Page("app_pages/step_through.py", title="Step through", icon="▶️", default=True),

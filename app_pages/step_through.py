@@ -4,7 +4,9 @@ Layout only. The sidebar picks the model and the prompt; the stepping area is a 
 Play, Stop and Reset re-run that area and not the sidebar or the model loading; the one-layer attention chart is a
 fragment of its own, so choosing a layer redraws only that chart. The panels below the token stream are tabs of
 which only the open one is drawn. The engine steps the model (through
-``kvviz.ui.session``), the figures come from ``kvviz.charts.step``; nothing here computes on tensors.
+``kvviz.ui.session``), the figures come from ``kvviz.charts.step``; nothing here computes on tensors. The URL
+carries the page's state (``kvviz.ui.share_links``): a link opens the same tokens, and ``present=1`` opens it in
+presenter mode (``kvviz.ui.presenter``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,22 @@ from __future__ import annotations
 import streamlit as st
 
 from kvviz.charts import step as charts
-from kvviz.trace_analysis import timing_summary
 from kvviz.errors import KvvizError
 from kvviz.explain import explanation
 from kvviz.models import REGISTRY, LoadedModel
 from kvviz.records import Trace
+from kvviz.share import (
+    MAX_NEW_TOKENS_MAX,
+    SEED_MAX,
+    TEMPERATURE_MAX,
+    TEMPERATURE_MIN,
+    TEMPERATURE_STEP,
+    TOP_K_MAX,
+    LinkState,
+)
 from kvviz.stepper import DEFAULT_PROMPT, Sampling
+from kvviz.trace_analysis import timing_summary
+from kvviz.ui import presenter, share_links
 from kvviz.ui import session as sessions
 from kvviz.ui import step_widgets as widgets
 from kvviz.ui.resources import get_model
@@ -44,6 +56,13 @@ def read_settings(loaded: LoadedModel | None) -> dict:
     return dict(prompt=value("prompt"), chat_template=bool(value("chat_template") and has_template),
                 compare=bool(value("compare")), sampling=sampling, max_new_tokens=int(value("max_new_tokens")))
 
+
+# A link's settings go into the sidebar's widgets before they are drawn; an unknown model keeps the current one.
+share_links.open_link(LinkState(
+    model=st.session_state.get("model_choice", "") if st.session_state.get("model_choice") in REGISTRY
+    else next(iter(REGISTRY)),
+    prompt=DEFAULTS["prompt"], chat=DEFAULTS["chat_template"], compare=DEFAULTS["compare"]),
+    DEFAULTS["max_new_tokens"])
 
 st.title("Step through the KV cache")
 st.caption(
@@ -104,21 +123,31 @@ with st.sidebar:
     st.header("Sampling")
     if st.toggle("Sample instead of greedy", value=DEFAULTS["sample"], key="sample",
                  help="Greedy always takes the most likely token, so every run is the same."):
-        st.slider("Temperature", 0.05, 2.0, DEFAULTS["temperature"], 0.05, key="temperature")
-        st.number_input("Top-k (0 = off)", 0, 1000, DEFAULTS["top_k"], key="top_k")
-        st.number_input("Seed", 0, 2**31 - 1, DEFAULTS["seed"], key="seed")
+        st.slider("Temperature", TEMPERATURE_MIN, TEMPERATURE_MAX, DEFAULTS["temperature"], TEMPERATURE_STEP,
+                  key="temperature")
+        st.number_input("Top-k (0 = off)", 0, TOP_K_MAX, DEFAULTS["top_k"], key="top_k")
+        st.number_input("Seed", 0, SEED_MAX, DEFAULTS["seed"], key="seed")
 
     st.header("Run")
-    st.number_input("Max new tokens", 1, 4096, DEFAULTS["max_new_tokens"], key="max_new_tokens",
+    st.number_input("Max new tokens", 1, MAX_NEW_TOKENS_MAX, DEFAULTS["max_new_tokens"], key="max_new_tokens",
                     help="The prefill chooses the first new token, each step one more.")
     st.toggle("Compare with naive recompute", value=DEFAULTS["compare"], key="compare",
               help="Also run the model without a cache over the whole sequence, every step, and compare.")
+
+    st.header("View")
+    st.toggle("Presenter mode", value=False, key=presenter.KEY,
+              help="Large type, high-contrast colours and keyboard shortcuts for the step buttons: "
+                   + presenter.shortcut_help() + ". A link with present=1 opens in it, with the sidebar closed.")
+
+presenter.apply_style()
 
 settings = read_settings(loaded)
 session = sessions.get_session()
 if loaded is not None and session.started and session.model_key != loaded.key:
     session.clear()
     session.message = ("info", f"Switched to {loaded.card.name}: press Prefill to start with it.")
+if loaded is not None:
+    share_links.replay_link(loaded, lambda: read_settings(loaded))
 sessions.apply_max_new_tokens(session, settings["max_new_tokens"])
 
 
@@ -233,11 +262,12 @@ def attention_layer_panel() -> None:
     layers = widgets.attention_layers(trace.records[-1])
     # Keyed by the layer count so that switching to a model with fewer layers starts a fresh slider.
     if layers > 1:
-        layer = st.slider("Layer", 0, layers - 1, layers // 2, key=f"attention_layer_{layers}")
+        layer = st.slider("Layer", 0, layers - 1, layers // 2, key=share_links.layer_key(layers))
     else:  # a slider needs two ends: a one-layer model has nothing to choose
         layer = 0
         st.caption("Layer 0, the model's only layer.")
     widgets.show_figure(charts.attention_layer_figure(trace, layer), "attention_layer")
+    share_links.sync_url(share_links.current_state(read_settings(None)))  # the chosen layer, into the address bar
     caption = widgets.grouped_query_caption(trace.records[-1])
     if caption:
         st.caption(caption)
@@ -251,17 +281,22 @@ def stepping_area(loaded: LoadedModel, settings: dict) -> None:
 
     with st.container(horizontal=True, vertical_alignment="center"):
         st.button("Prefill", key="prefill", type="primary", on_click=sessions.on_prefill,
-                  args=(loaded, lambda: read_settings(loaded)),
+                  args=(loaded, lambda: read_settings(loaded)), shortcut=presenter.shortcut("prefill"),
                   help="Feed the whole prompt at once; this fills the cache and chooses the first new token.")
-        st.button("Next token", key="next", on_click=sessions.on_next,
+        st.button("Next token", key="next", on_click=sessions.on_next, shortcut=presenter.shortcut("next"),
                   help="Feed the newest token: one position is added to every layer's cache.")
-        st.button("Play", key="play", on_click=sessions.on_play,
+        st.button("Play", key="play", on_click=sessions.on_play, shortcut=presenter.shortcut("play"),
                   args=(lambda: int(st.session_state.get("play_tokens", 16)),),
                   help="Generate the number of tokens set beside it, redrawing the page after each one.")
         st.number_input("Tokens to play", 1, 4096, 16, key="play_tokens", width=120, label_visibility="collapsed")
         st.markdown("tokens")
-        st.button("Stop", key="stop", on_click=sessions.on_stop, disabled=session.play_remaining <= 0)
-        st.button("Reset", key="reset", on_click=sessions.on_reset, help="Empty the cache and forget the tokens.")
+        st.button("Stop", key="stop", on_click=sessions.on_stop, disabled=session.play_remaining <= 0,
+                  shortcut=presenter.shortcut("stop"))
+        st.button("Reset", key="reset", on_click=sessions.on_reset, help="Empty the cache and forget the tokens.",
+                  shortcut=presenter.shortcut("reset"))
+        link = share_links.current_state(settings)
+        share_links.sync_url(link)
+        share_links.show_link(link)
 
     widgets.show_message(session)
     if sessions.settings_changed(session, loaded, **settings):

@@ -21,6 +21,7 @@ from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
 from kvviz.stepper import encode_prompt
 from kvviz.trace_analysis import appended_positions, latest
+from kvviz.ui import presenter
 from kvviz.ui.session import SessionTrace
 
 # Beyond this many tokens the stream shows the latest ones only: a chip per token stops being readable anyway.
@@ -174,7 +175,10 @@ def show_message(session: SessionTrace) -> None:
 
 
 def show_figure(fig: go.Figure, key: str) -> None:
-    """A chart under its own key: two charts with identical figures (two empty states) must not share an id."""
+    """A chart under its own key: two charts with identical figures (two empty states) must not share an id. In
+    presenter mode its text is enlarged."""
+    if presenter.presenting():
+        presenter.enlarge(fig)
     st.plotly_chart(fig, key=key, config={"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]})
 
 
