@@ -64,9 +64,10 @@ PROMPT_TEXT = (
     "values of every token before it. Without a cache the model computes them all again at every step; with a "
     "cache it keeps them in memory and computes only those of the newest token. "
 )
-# Paths whose failure depends on the model family or the device (a cache class, graph capture, generate's
-# checks): their errors are reported as the path's result instead of ending the whole benchmark.
-FRAGILE_PATHS = ("static", "graphs", "generate")
+# Paths whose failure depends on the model family, the device or an outside library (a cache class, graph capture,
+# generate's checks, a llama.cpp build): their errors are reported as the path's result instead of ending the whole
+# benchmark.
+FRAGILE_PATHS = ("static", "graphs", "generate", "llamacpp")
 
 
 @dataclass(frozen=True)
