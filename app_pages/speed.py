@@ -9,7 +9,8 @@ from kvviz.errors import KvvizError
 from kvviz.models import ARCHITECTURE_ONLY, ARCHITECTURE_ONLY_NOTE, DEFAULT_MODEL, REGISTRY
 from kvviz.ui.resources import get_model
 from kvviz.ui.speed import (
-    famous_run_config, last_result, last_status, load_result, load_shipped_gpu_result, mark_stopped, run_with_progress,
+    famous_run_config, last_result, last_status, load_result, load_shipped_cpu_result, load_shipped_gpu_result,
+    mark_stopped, run_with_progress,
 )
 
 st.title("Speed — what does the KV cache buy?")
@@ -53,9 +54,18 @@ with st.expander("Load a saved result (JSON from `python -m kvviz bench --json F
             load_result(upload.getvalue())
         except KvvizError as error:
             st.error(str(error))
-    if st.button("Show the H200 result shipped with kvviz", key="speed_show_gpu",
-                 help="SmolLM2-135M in bfloat16 on one NVIDIA H200, 1,000 tokens on every path (scripts/gpu_ladder.sh)."):
+    gpu_column, llamacpp_column, gpt2_column = st.columns(3)
+    if gpu_column.button("Show the H200 result shipped with kvviz", key="speed_show_gpu",
+                         help="SmolLM2-135M in bfloat16 on one NVIDIA H200, 1,000 tokens on every path "
+                              "(scripts/gpu_ladder.sh)."):
         load_shipped_gpu_result()
+    if llamacpp_column.button("Show the 2-core CPU ladder with llama.cpp", key="speed_show_llamacpp",
+                              help="SmolLM2-135M on a 2-core CPU: kvviz, dynamic and llamacpp, 256 tokens (README)."):
+        load_shipped_cpu_result("llamacpp")
+    if gpt2_column.button("Show GPT-2 medium on a 2-core CPU", key="speed_show_gpt2",
+                          help="Architecture-only GPT-2 medium, naive and kvviz, with the fits' prediction for "
+                               "1,000 tokens (README)."):
+        load_shipped_cpu_result("gpt2-medium")
 
 if run_clicked:
     config = BenchConfig(tokens=tokens, prompt_tokens=prompt_tokens, paths=tuple(paths), repeats=repeats,
@@ -128,7 +138,7 @@ if engine_lines:
 
 famous_rows = report.famous_figure_rows(result)
 if famous_rows:
-    st.subheader("The famous figure: GPT-2 medium, 1,000 tokens, on this machine")
+    st.subheader("The famous figure: GPT-2 medium, 1,000 tokens, beside this measurement")
     st.dataframe(famous_rows, hide_index=True, key="speed_famous_table")
     for sentence in report.famous_figure_sentences(result):
         st.markdown(sentence)

@@ -282,7 +282,8 @@ def famous_figure_sentences(result: BenchResult, figure: PublishedFigure = FAMOU
         f"{cached.predicted_ms / 1000:.1f} s with it ({naive.predicted_ms / cached.predicted_ms:.1f}×) on "
         f"{env.device} ({env.device_name}, {env.dtype}, {env.threads} threads), against {figure.without_cache_s:g} s "
         f"and {figure.with_cache_s:g} s (~{figure.ratio:.1f}×) in {figure.source}.",
-        f"Running the full {figure.tokens:,} tokens of both here would take about {_duration(total_s)} "
+        f"Running the full {figure.tokens:,} tokens of both on the machine measured would take about "
+        f"{_duration(total_s)} "
         f"(naive {_duration(naive.predicted_ms / 1000)}, {cached.path} {_duration(cached.predicted_ms / 1000)}; "
         "the fits' estimate).",
         gpu_probe_sentence(),
@@ -305,7 +306,7 @@ def famous_figure_rows(result: BenchResult, figure: PublishedFigure = FAMOUS_FIG
     return [
         row(f"published: {figure.source}", figure.without_cache_s, figure.with_cache_s),
         row(probe.source, probe.without_cache_s, probe.with_cache_s),
-        row(f"this machine, the fits' prediction ({env.device}: {env.device_name}, {env.dtype})",
+        row(f"this measurement, the fits' prediction ({env.device}: {env.device_name}, {env.dtype})",
             naive.predicted_ms / 1000.0, cached.predicted_ms / 1000.0),
     ]
 
@@ -316,7 +317,8 @@ def famous_run_label(result: BenchResult, figure: PublishedFigure = FAMOUS_FIGUR
     if predictions is None:
         return None
     total_s = sum(p.predicted_ms for p in predictions) / 1000.0
-    return f"Run the full {figure.tokens:,} tokens (naive and {FAMOUS_PATHS[1]}): about {_duration(total_s)} here"
+    return (f"Run the full {figure.tokens:,} tokens here (naive and {FAMOUS_PATHS[1]}; the fits estimate "
+            f"{_duration(total_s)} on the machine measured)")
 
 
 def gpu_probe_sentence(probe: PublishedFigure = H100_PROBE) -> str:

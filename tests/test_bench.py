@@ -307,14 +307,15 @@ def test_the_famous_figure_sentences_carry_the_fits_and_their_prediction():
     assert prediction.startswith(f"At 1,000 tokens the fits predict {naive_s:.1f} s without the cache and "
                                  f"{cached_s:.1f} s with it ({naive_s / cached_s:.1f}×)")
     assert "against 107 s and 21.7 s (~4.9×)" in prediction
-    assert duration.startswith("Running the full 1,000 tokens of both here would take about 76.0 min "
-                               "(naive 71.7 min, kvviz 4.3 min;")
+    assert duration.startswith("Running the full 1,000 tokens of both on the machine measured would take about "
+                               "76.0 min (naive 71.7 min, kvviz 4.3 min;")
     assert gpu == report.gpu_probe_sentence()
     assert "17.6 s without the cache and 13.9 s with it (1.27×)" in gpu and "kernel launches" in gpu
     rows = report.famous_figure_rows(result)
     assert [row["without the cache (s)"] for row in rows] == ["107.0", "17.6", f"{naive_s:,.1f}"]
     assert [row["ratio"] for row in rows] == ["4.93×", "1.27×", f"{naive_s / cached_s:.2f}×"]
-    assert report.famous_run_label(result) == "Run the full 1,000 tokens (naive and kvviz): about 76.0 min here"
+    assert report.famous_run_label(result) == (
+        "Run the full 1,000 tokens here (naive and kvviz; the fits estimate 76.0 min on the machine measured)")
     # Only for the figure's model, and only with both paths measured.
     assert report.famous_figure_sentences(famous_result((300.0, 4.0), (250.0, 0.01), model="tiny-gpt2")) == []
     only_naive = replace(result, paths=result.paths[:1])
@@ -595,3 +596,25 @@ def test_estimates_and_roofs_are_labelled_as_what_they_are(llama_result):
         assert all("(an estimate" in sentence and roof in sentence for sentence in report.bandwidth_sentences(result))
     assert "same position" in charts.speedup_figure(llama_result).layout.yaxis.title.text
     assert "naive ÷ path, end to end" in charts.summary_rows(llama_result)[0]
+
+
+def test_the_readmes_cpu_figures_are_what_the_shipped_results_say():
+    """The README quotes the 2-core CPU ladder with llama.cpp and GPT-2 medium's fits; the files in docs/results are
+    those runs, and the report module's sentences about them carry the quoted numbers."""
+    from kvviz.ui.speed import SHIPPED_CPU_RESULTS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    ladder = BenchResult.from_json(SHIPPED_CPU_RESULTS["llamacpp"].read_text())
+    llamacpp, kvviz = ladder.path("llamacpp"), ladder.path("kvviz")
+    assert f"**{llamacpp.ms_per_token.median:.2f}**" in readme and f"| {kvviz.ms_per_token.median:.2f} |" in readme
+    ratio = kvviz.ms_per_token.median / llamacpp.ms_per_token.median
+    assert f"{ratio:.1f}× as long" in report.engine_sentences(ladder)[0] and f"| {ratio:.1f}× |" in readme
+    engine = llamacpp.engine
+    assert f"at {engine.forced_matches} of {engine.forced_positions} positions" in readme
+    assert f"{engine.kv_bytes:,} B" in readme and f"{engine.weights_bytes:,} B" in readme
+    famous = BenchResult.from_json(SHIPPED_CPU_RESULTS["gpt2-medium"].read_text())
+    assert famous.environment.model == "gpt2-medium" and "architecture only" in famous.environment.model_name
+    naive, cached = report.famous_figure_predictions(famous)
+    assert f"| {naive.predicted_ms / 1000:,.1f} s | {cached.predicted_ms / 1000:.1f} s |" in readme
+    assert f"{naive.predicted_ms / cached.predicted_ms:.1f}×" in report.famous_figure_sentences(famous)[1]
+    assert f"{naive.fit.a:.1f}·n + {naive.fit.b:.4f}·n² ms (R² {naive.fit.r2:.4f})" in readme

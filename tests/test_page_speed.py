@@ -134,7 +134,7 @@ def test_a_gpt2_medium_result_sets_the_fits_beside_the_famous_figure():
     at.session_state["kvviz_speed_status"] = "loaded"
     at.run()
     assert not at.exception
-    assert "The famous figure: GPT-2 medium, 1,000 tokens, on this machine" in [h.value for h in at.subheader]
+    assert "The famous figure: GPT-2 medium, 1,000 tokens, beside this measurement" in [h.value for h in at.subheader]
     table = at.dataframe[1].value  # after the summary table
     assert list(table["with the cache (s)"]) == ["21.7", "13.9", "260.0"]
     shown = [markdown.value for markdown in at.markdown]
@@ -148,3 +148,15 @@ def test_choosing_gpt2_medium_says_it_is_architecture_only():
     assert not at.exception
     assert any(caption.value.startswith("**gpt2-medium: architecture only.**") and
                "Timing does not depend on the weights' values" in caption.value for caption in at.caption)
+
+
+def test_the_shipped_cpu_results_show_llama_cpp_and_the_famous_figure_without_running_a_model():
+    at = _page().run()
+    at.button(key="speed_show_llamacpp").click().run()
+    assert not at.exception and not at.error
+    assert [metric.label for metric in at.metric] == [f"{name} · ms/token" for name in ("dynamic", "kvviz", "llamacpp")]
+    assert "llama.cpp beside PyTorch: where the gap comes from" in [header.value for header in at.subheader]
+    at.button(key="speed_show_gpt2").click().run()
+    assert not at.exception and not at.error
+    assert any("GPT-2 medium (architecture only, random weights)" in markdown.value for markdown in at.markdown)
+    assert "The famous figure: GPT-2 medium, 1,000 tokens, beside this measurement" in [h.value for h in at.subheader]

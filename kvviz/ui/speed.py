@@ -98,9 +98,21 @@ def famous_run_config(result: BenchResult, loaded: LoadedModel) -> BenchConfig:
 SHIPPED_GPU_RESULT = Path(__file__).resolve().parents[2] / "docs" / "results" / "smollm2-h200-bf16.json"
 
 
+# CPU results measured with `kvviz bench` for the README: the ladder with llama.cpp, and GPT-2 medium's fits.
+SHIPPED_CPU_RESULTS: dict[str, Path] = {
+    "llamacpp": SHIPPED_GPU_RESULT.parent / "smollm2-cpu-llamacpp.json",
+    "gpt2-medium": SHIPPED_GPU_RESULT.parent / "gpt2-medium-cpu.json",
+}
+
+
 def load_shipped_gpu_result() -> BenchResult:
     """The H200 ladder shipped in docs/results, shown as if it had been uploaded."""
     return load_result(SHIPPED_GPU_RESULT.read_bytes())
+
+
+def load_shipped_cpu_result(name: str) -> BenchResult:
+    """One of the CPU results shipped in docs/results (``SHIPPED_CPU_RESULTS``), shown as if it had been uploaded."""
+    return load_result(SHIPPED_CPU_RESULTS[name].read_bytes())
 
 
 def load_result(data: bytes) -> BenchResult:
