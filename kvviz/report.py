@@ -1,8 +1,10 @@
-"""The words a benchmark result produces: its warnings, the naive-fit and crossover sentences, the bandwidth lines.
+"""The words a benchmark result produces: its warnings, the naive-fit and crossover sentences, the bandwidth lines,
+an outside engine (llama.cpp) beside the PyTorch paths, and GPT-2 medium's fits beside the figure people quote.
 
 One room for them, so that ``python -m kvviz bench`` (``cli.format_bench_table``) and the Speed page say the same
 thing about the same result. Each function takes a ``BenchResult`` and returns plain sentences (or None when there
-is nothing to say); the caller adds its own frame (``# WARNING:`` on a terminal, ``st.warning`` on the page).
+is nothing to say); the caller adds its own frame (``# WARNING:`` on a terminal, ``st.warning`` on the page). The
+published figures set beside a measurement (``FAMOUS_FIGURE``, ``H100_PROBE``) are kept here, with their source.
 
 What it does not do: analyse (the fits, crossovers and noise tests are ``BenchResult`` methods in
 ``bench_results.py``), draw (``charts/speed.py``) or print.
@@ -220,7 +222,7 @@ def engine_gap_sentences(result: BenchResult) -> list[str]:
             f"spends {reference.ms_per_token.median - torch_floor:.1f} ms, {engine.name} "
             f"{path.ms_per_token.median - floor:.1f} ms.")
     sentences.append(
-        "That remainder is not arithmetic on weights: PyTorch runs each of the model's layers as a sequence of "
+        "That remainder is time not spent reading weights: PyTorch runs each of the model's layers as a sequence of "
         "separate operators, each one a Python call through the dispatcher and a kernel that writes its result "
         "to memory for the next to read back (per-layer Python dispatch, unfused kernels); llama.cpp runs the "
         "whole token as one C++ compute graph on its own thread pool, with the dequantisation fused into its dot "
