@@ -11,8 +11,10 @@ run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 # KVVIZ_REQUIRE_BROWSER=1: a missing Chromium fails the browser test instead of skipping it.
+# KVVIZ_REQUIRE_LLAMACPP=1: likewise a missing llama-cpp-python (requirements-dev.txt installs it) fails the
+# llamacpp path's tests.
 test: setup-dev browser
-	KVVIZ_REQUIRE_BROWSER=1 $(PY) -m pytest
+	KVVIZ_REQUIRE_BROWSER=1 KVVIZ_REQUIRE_LLAMACPP=1 $(PY) -m pytest
 
 setup: $(VENV)/.kvviz-installed
 

@@ -16,6 +16,10 @@ Paths (``bench_results.PATHS``), each a loop that prefills a prompt and then dec
 - ``generate``: transformers' ``generate()``, the reference people know; it only returns when done, so its
   per-token figure is its total time over the N tokens (prefill included; a separate one-token call gives its
   time to first token).
+- ``llamacpp``: llama.cpp (``llama-cpp-python``, ``llamacpp_engine.py``) on the model's own GGUF file, fed the same
+  prompt token ids and choosing greedily, on the CPU with its own f16 cache: a compiled engine reading the
+  quantised weights as stored. Only models that ship as a GGUF file (the default model) have it; elsewhere, or
+  without the package, the path is skipped with the reason.
 
 Honest timing: every path first does one short warm-up run whose times are reported apart (``cold``: the path's
 first calls in this process; only the first path measured also pays process-wide first-use costs); then
@@ -45,11 +49,12 @@ import torch
 
 import kvviz
 from kvviz.bench_results import (
-    PATH_LABELS, PATHS, BenchConfig, BenchResult, Environment, PathResult, Spread, StepSeries, check_tokens,
+    PATH_LABELS, PATHS, BenchConfig, BenchResult, EngineInfo, Environment, PathResult, Spread, StepSeries,
+    check_tokens,
 )
 from kvviz.costs import forward_flops
 from kvviz.errors import InputError, first_line
-from kvviz.kv_formula import ModelSpec, Precision, precision_of_torch_dtype
+from kvviz.kv_formula import ModelSpec, Precision, kv_cache_bytes, parse_precision, precision_of_torch_dtype
 from kvviz.models import LoadedModel
 from kvviz.roofline import device_name, device_peak, step_bytes, weight_bytes_read
 from kvviz.static_decode import StaticDecoder, graph_blocker
@@ -62,9 +67,10 @@ PROMPT_TEXT = (
     "values of every token before it. Without a cache the model computes them all again at every step; with a "
     "cache it keeps them in memory and computes only those of the newest token. "
 )
-# Paths whose failure depends on the model family or the device (a cache class, graph capture, generate's
-# checks): their errors are reported as the path's result instead of ending the whole benchmark.
-FRAGILE_PATHS = ("static", "graphs", "generate")
+# Paths whose failure depends on the model family, the device or an outside library (a cache class, graph capture,
+# generate's checks, a llama.cpp build): their errors are reported as the path's result instead of ending the whole
+# benchmark.
+FRAGILE_PATHS = ("static", "graphs", "generate", "llamacpp")
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,10 @@ class _Runner:
 
     def close(self) -> None:
         """Drop every buffer the path allocated."""
+
+    def engine_info(self) -> EngineInfo | None:
+        """What an outside engine reports about its runs (None for the PyTorch paths)."""
+        return None
 
 
 class _DynamicRunner(_Runner):
@@ -327,6 +337,83 @@ class _GenerateRunner(_Runner):
         return result
 
 
+class _LlamaCppRunner(_Runner):
+    """llama.cpp on the model's GGUF file: the same prompt ids, a greedy token per call, its own f16 cache.
+
+    Timed by the shared loop like every path (wall clock, prefill and steps apart); llama.cpp's own counters are
+    read after each run and reported beside it. The first run is the warm-up, so its counters are left out.
+    """
+
+    def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
+        super().__init__(loaded, config)
+        from kvviz import llamacpp_engine
+        from kvviz.models import gguf_file
+
+        reason = llamacpp_engine.unavailable_reason(loaded.key)
+        if reason is not None:
+            raise _Skip(reason)
+        self.gguf = gguf_file(loaded.key)
+        self.session: Any = None
+        self.perfs: list[Any] = []
+        self.agreement: Any = None
+
+    def setup(self, prompt: list[int]) -> float | None:
+        from kvviz.llamacpp_engine import LlamaCppSession
+
+        start = time.perf_counter()
+        # The same threads as PyTorch's, and one batch for the whole prompt, as the PyTorch prefill is one call.
+        self.session = LlamaCppSession(self.gguf, n_ctx=self.config.prompt_tokens + self.config.tokens,
+                                       threads=torch.get_num_threads(), n_batch=max(512, len(prompt)))
+        return (time.perf_counter() - start) * 1000.0
+
+    def start_run(self) -> None:
+        self.session.reset()
+
+    def prefill(self, prompt: list[int]) -> int:
+        self.token = self.session.feed(prompt)
+        return self.token
+
+    def step(self) -> int:
+        self.token = self.session.feed([self.token])
+        return self.token
+
+    def run(self, prompt: list[int], tokens: int, tick: Callable[[int], None]) -> _Run:
+        result = super().run(prompt, tokens, tick)
+        self.perfs.append(self.session.perf())
+        return result
+
+    def compare_forced(self, prompt: list[int], reference: list[int]) -> None:
+        """Teacher forcing against the reference path's tokens, untimed (``LlamaCppSession.agreement``)."""
+        self.agreement = self.session.agreement(prompt, reference)
+
+    def engine_info(self) -> EngineInfo | None:
+        session = self.session
+        if session is None:
+            return None
+        timed = self.perfs[1:]
+        per_token = [p.eval_ms_per_token for p in timed if p.eval_ms_per_token is not None]
+        agreement = self.agreement
+        log = session.cache_log()
+        kv_type = log.k_type if log is not None and log.k_type == log.v_type else "f16"
+        return EngineInfo(
+            name="llama.cpp", version=session.version, device="cpu", model_file=self.gguf.name,
+            file_bytes=self.gguf.stat().st_size, weights_bytes=session.weights_bytes,
+            weights_type=session.weights_type, kv_type=kv_type, n_ctx=session.n_ctx,
+            kv_bytes=kv_cache_bytes(self.loaded.spec, session.n_ctx, 1, parse_precision(kv_type)),
+            kv_mib_reported=log.mib if log is not None else None, threads=session.threads,
+            eval_ms_per_token=float(np.median(per_token)) if per_token else None,
+            prompt_eval_ms=float(np.median([p.prompt_eval_ms for p in timed])) if timed else None,
+            forced_matches=agreement.matches if agreement else None,
+            forced_positions=agreement.positions if agreement else None,
+            forced_max_gap=agreement.max_gap if agreement else None,
+        )
+
+    def close(self) -> None:
+        # The session stays as a record of what llama.cpp held (its size, type, version) for the result.
+        if self.session is not None:
+            self.session.close()
+
+
 def _make_runner(name: str, loaded: LoadedModel, config: BenchConfig) -> _Runner:
     if name == "naive":
         return _StepperRunner(loaded, config, naive=True)
@@ -340,6 +427,8 @@ def _make_runner(name: str, loaded: LoadedModel, config: BenchConfig) -> _Runner
         return _GraphRunner(loaded, config)
     if name == "generate":
         return _GenerateRunner(loaded, config)
+    if name == "llamacpp":
+        return _LlamaCppRunner(loaded, config)
     raise InputError(f"Unknown path '{name}': choose from {', '.join(PATHS)}.")
 
 
@@ -391,6 +480,7 @@ def environment(loaded: LoadedModel) -> Environment:
         dtype=loaded.dtype_name, torch=torch.__version__, transformers=transformers.__version__,
         kvviz=kvviz.__version__, python=platform.python_version(), platform=platform.platform(),
         threads=torch.get_num_threads(), cuda=torch.version.cuda, load_average=_load_average(), cpus=os.cpu_count(),
+        weights_bytes=weight_bytes_read(loaded.model),
     )
 
 
@@ -450,7 +540,7 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
     runners: dict[str, _Runner] = {}
 
     def assemble(complete: bool) -> BenchResult:
-        results = tuple(_path_result(states[name], config, loaded) for name in config.paths)
+        results = tuple(_path_result(states[name], config, loaded, runners.get(name)) for name in config.paths)
         checked, reference = check_tokens(results)
         return BenchResult(
             environment=env, config=config, peak=peak, paths=checked, created=created,
@@ -496,6 +586,7 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
                         runners.pop(name).close()
                         continue
                     work.report(f"{name}: finished {work.phase}", partial=assemble(complete=False))
+        _compare_engines_forced(runners, states, prompt)
     except _Stopped:
         complete = False
     finally:
@@ -504,13 +595,23 @@ def run_benchmark(loaded: LoadedModel, config: BenchConfig, progress: ProgressCa
     return assemble(complete)
 
 
+def _compare_engines_forced(runners: dict[str, _Runner], states: dict[str, _PathState], prompt: list[int]) -> None:
+    """Feed each outside engine the reference path's tokens (the path ``check_tokens`` compares with), untimed."""
+    measured = [name for name in PATHS if name in states and states[name].status == "ok" and states[name].runs]
+    reference = "dynamic" if "dynamic" in measured else next(iter(measured), None)
+    for name, runner in runners.items():
+        if isinstance(runner, _LlamaCppRunner) and reference not in (None, name) and states[name].status == "ok":
+            runner.compare_forced(prompt, states[reference].runs[0].tokens)
+
+
 def _failure(error: BaseException) -> str:
     """A failed path's reason: the exception's type and the first line of its message."""
     name, line = type(error).__name__, first_line(error, limit=300)
     return line if line == name else f"{name}: {line}"
 
 
-def _path_result(state: _PathState, config: BenchConfig, loaded: LoadedModel) -> PathResult:
+def _path_result(state: _PathState, config: BenchConfig, loaded: LoadedModel,
+                 runner: _Runner | None = None) -> PathResult:
     label = PATH_LABELS[state.name]
     if state.name == "graphs" and config.graphs_compile:
         label += " (torch.compile first)"
@@ -530,19 +631,23 @@ def _path_result(state: _PathState, config: BenchConfig, loaded: LoadedModel) ->
     reason = ""
     if any(run.tokens != runs[0].tokens for run in runs):
         reason = "its runs chose different tokens from one another"
+    engine = runner.engine_info() if runner is not None else None
     return PathResult(
         path=state.name, label=label, status="ok", reason=reason, runs=len(runs), tokens=tuple(runs[0].tokens),
         prefill_ms=Spread.of([r.prefill_ms for r in runs]), ms_per_token=Spread.of([r.ms_per_token for r in runs]),
-        total_ms=Spread.of([r.total for r in runs]), steps=_step_series(runs, config, loaded, state.name), **cold,
+        total_ms=Spread.of([r.total for r in runs]), steps=_step_series(runs, config, loaded, state.name, engine),
+        engine=engine, **cold,
     )
 
 
-def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel, path: str) -> StepSeries:
+def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel, path: str,
+                 engine: EngineInfo | None = None) -> StepSeries:
     """Per-step medians and bands, with each step's FLOPs and the bytes it must move on this path.
 
     Bytes differ by path: naive keeps no cache (keys and values are recomputed, never read back), the static paths
     attend over their whole preallocated buffer (masked, but read), the dynamic ones over the positions held;
-    on every path a sliding layer reads at most its window.
+    on every path a sliding layer reads at most its window. An outside engine reads its own weights (llama.cpp:
+    the GGUF's quantised tensors) and its own cache type.
     """
     if not runs[0].step_ms:
         return StepSeries()
@@ -552,8 +657,8 @@ def _step_series(runs: list[_Run], config: BenchConfig, loaded: LoadedModel, pat
     text = loaded.model.config.get_text_config(decoder=True)
     vocab = int(text.vocab_size)
     hidden = int(getattr(text, "hidden_size", None) or text.n_embd)
-    weights = weight_bytes_read(loaded.model)
-    precision = precision_of_torch_dtype(loaded.dtype_name)
+    weights = engine.weights_bytes if engine is not None else weight_bytes_read(loaded.model)
+    precision = parse_precision(engine.kv_type) if engine is not None else precision_of_torch_dtype(loaded.dtype_name)
     return StepSeries(
         position=tuple(positions),
         median_ms=tuple(float(v) for v in np.median(times, axis=0)),

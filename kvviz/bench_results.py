@@ -14,7 +14,7 @@ JSON format (``format: "kvviz-bench"``, ``format_version: 1``; ``docs/bench-form
       "wall_seconds": 95.2,                  # the whole benchmark, warm-up and setup included
       "environment": {"model", "model_name", "architecture", "parameters", "device", "device_name", "dtype",
                       "torch", "transformers", "kvviz", "python", "platform", "threads", "cuda",
-                      "load_average", "cpus"},
+                      "load_average", "cpus", "weights_bytes"},
       "config": {"tokens", "prompt_tokens", "paths", "repeats", "naive_repeats", "warmup_tokens",
                  "graphs_compile", "graphs_steps"},
       "peak": {"memory_bytes_per_s", "memory_source", "flops_per_s", "flops_source"},
@@ -29,7 +29,11 @@ JSON format (``format: "kvviz-bench"``, ``format_version: 1``; ``docs/bench-form
           "total_ms": {"median", "min", "max"},       # per run: prefill + every decode step
           "cold": {"setup_ms", "prefill_ms", "first_step_ms"},  # the path's first calls (warm-up), not in the stats
           "steps": {"position": [...], "median_ms": [...], "min_ms": [...], "max_ms": [...],
-                    "tokens_processed": [...], "flops": [...], "bytes": [...]}   # one entry per decode step
+                    "tokens_processed": [...], "flops": [...], "bytes": [...]},  # one entry per decode step
+          "engine": null | {"name", "version", "device", "model_file", "file_bytes", "weights_bytes",
+                            "weights_type", "kv_type", "n_ctx", "kv_bytes", "kv_mib_reported", "threads",
+                            "eval_ms_per_token", "prompt_eval_ms", "forced_matches", "forced_positions",
+                            "forced_max_gap"}   # an outside engine's own facts (llamacpp)
       }, ...],
       "summary": {                           # derived from the above, for readers without kvviz
           "all_match": true,
@@ -38,13 +42,17 @@ JSON format (``format: "kvviz-bench"``, ``format_version: 1``; ``docs/bench-form
           "crossover_position": {"<path>": int | null, ...},       # from here on the path beats naive each step
           "predicted_crossover_position": {"<path>": float | null, ...},   # the same from the naive fit
           "growth": {"<path>": float | null, ...},                 # median of last 10 steps / steps 5–15
-          "speedup_vs_naive": {"<path>": float | null, ...}        # naive total / path total
+          "speedup_vs_naive": {"<path>": float | null, ...},       # naive total / path total
+          "cumulative_fit": {"<path>": {"a_ms", "b_ms", "r2", "points"} | null, ...}   # path cumulative ≈ a·n + b·n²
       }
     }
 
 ``generate`` has no per-step series (transformers' ``generate()`` returns only when done): its ``steps`` lists
 are empty, its ``ms_per_token`` is its total time over the N tokens, and its ``prefill_ms`` is a separate
 one-token ``generate()`` call (its time to first token).
+
+``llamacpp`` runs the same prompt token ids through llama.cpp (``llama-cpp-python``) on the default model's own GGUF
+file: its weights are read as stored (Q4_1), its cache is llama.cpp's (f16), and ``engine`` records both.
 
 ``DevicePeak`` (the roofs: peak bandwidth and compute) is stored with every result; ``roofline.py`` finds the
 figures.
@@ -66,7 +74,7 @@ FORMAT = "kvviz-bench"
 FORMAT_VERSION = 1
 
 # Path names in the order they run and are shown; each measures a different decode loop over the same tokens.
-PATHS: tuple[str, ...] = ("naive", "dynamic", "kvviz", "static", "graphs", "generate")
+PATHS: tuple[str, ...] = ("naive", "dynamic", "kvviz", "static", "graphs", "generate", "llamacpp")
 PATH_LABELS: dict[str, str] = {
     "naive": "naive: full recompute each step (kvviz NaiveStepper)",
     "dynamic": "dynamic: transformers DynamicCache, hand loop",
@@ -74,8 +82,9 @@ PATH_LABELS: dict[str, str] = {
     "static": "static: preallocated StaticCache written in place",
     "graphs": "graphs: StaticCache decode step replayed as a CUDA graph",
     "generate": "generate: transformers generate(), total time / tokens",
+    "llamacpp": "llamacpp: llama.cpp on the model's GGUF file (weights as stored, f16 cache)",
 }
-CACHED_PATHS: tuple[str, ...] = ("dynamic", "kvviz", "static", "graphs", "generate")
+CACHED_PATHS: tuple[str, ...] = ("dynamic", "kvviz", "static", "graphs", "generate", "llamacpp")
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,53 @@ class StepSeries:
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """What an outside engine (llama.cpp) reports about its own run: its weights file, its cache, its own clock.
+
+    ``kv_bytes`` is kvviz's formula (``kv_formula.kv_cache_bytes``) for ``n_ctx`` positions at ``kv_type``;
+    ``kv_mib_reported`` is the size the engine logged when it allocated its cache, in MiB to two decimals as it
+    prints it (None when it did not say). ``eval_ms_per_token`` and ``prompt_eval_ms`` come from the engine's own
+    performance counters (medians over the timed runs), beside the wall clock that every path is timed with.
+    """
+
+    name: str
+    version: str
+    device: str
+    model_file: str
+    file_bytes: int
+    weights_bytes: int  # bytes of the weight tensors as the engine holds them, read once per decode step
+    weights_type: str
+    kv_type: str  # as the engine names it ("f16")
+    n_ctx: int
+    kv_bytes: int
+    kv_mib_reported: float | None
+    threads: int
+    eval_ms_per_token: float | None = None
+    prompt_eval_ms: float | None = None
+    # Fed the reference path's tokens one by one (untimed, after the runs): the positions where the engine's greedy
+    # choice was the reference's, out of how many, and where it was not, its top logit's largest lead.
+    forced_matches: int | None = None
+    forced_positions: int | None = None
+    forced_max_gap: float | None = None
+
+    @property
+    def kv_log_agrees(self) -> bool | None:
+        """Whether the logged size equals the formula's to the log's two decimals (None without a log)."""
+        if self.kv_mib_reported is None:
+            return None
+        return abs(self.kv_bytes / 2**20 - self.kv_mib_reported) <= 0.005 + 1e-9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "EngineInfo | None":
+        if data is None:
+            return None
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class PathResult:
     """One decode path: its tokens, whether they match the reference, and its timings."""
 
@@ -211,6 +267,7 @@ class PathResult:
     cold_prefill_ms: float | None = None
     cold_first_step_ms: float | None = None
     steps: StepSeries = field(default_factory=StepSeries)
+    engine: EngineInfo | None = None  # set by paths that run an outside engine (llamacpp)
 
     @property
     def ok(self) -> bool:
@@ -226,6 +283,7 @@ class PathResult:
             "cold": {"setup_ms": self.cold_setup_ms, "prefill_ms": self.cold_prefill_ms,
                      "first_step_ms": self.cold_first_step_ms},
             "steps": self.steps.to_dict(),
+            "engine": self.engine.to_dict() if self.engine is not None else None,
         }
 
     @classmethod
@@ -246,6 +304,7 @@ class PathResult:
             ms_per_token=Spread.from_dict(data.get("ms_per_token")), total_ms=Spread.from_dict(data.get("total_ms")),
             cold_setup_ms=cold.get("setup_ms"), cold_prefill_ms=cold.get("prefill_ms"),
             cold_first_step_ms=cold.get("first_step_ms"), steps=StepSeries.from_dict(data["steps"]),
+            engine=EngineInfo.from_dict(data.get("engine")),
         )
 
 
@@ -274,6 +333,7 @@ class Environment:
     cuda: str | None
     load_average: float | None = None  # 1-minute load when the benchmark started: a busy machine times slower
     cpus: int | None = None
+    weights_bytes: int | None = None  # bytes of weights one forward call of the PyTorch model reads
 
     @property
     def busy(self) -> bool:
@@ -284,7 +344,8 @@ class Environment:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Environment":
-        optional = ("cuda", "load_average", "cpus")  # None is a real value for these (no CUDA, not read)
+        # None is a real value for these (no CUDA, not read, written before the field existed).
+        optional = ("cuda", "load_average", "cpus", "weights_bytes")
         missing = [name for name in cls.__dataclass_fields__ if name not in optional and data.get(name) is None]
         if missing:
             raise KeyError(f"environment.{missing[0]}")
@@ -326,6 +387,25 @@ def _r_squared(ys: np.ndarray, predicted: np.ndarray) -> float:
     residual = float(np.sum((ys - predicted) ** 2))
     total = float(np.sum((ys - ys.mean()) ** 2))
     return 1.0 - residual / total if total > 0 else 1.0
+
+
+def _fit_dict(fit: QuadraticFit | None) -> dict[str, float] | None:
+    return None if fit is None else {"a_ms": fit.a, "b_ms": fit.b, "r2": fit.r2, "points": fit.points}
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """A cumulative fit a·n + b·n² (ms) evaluated beyond the measured run: a prediction, labelled as one."""
+
+    path: str
+    fit: QuadraticFit
+    measured_tokens: int  # new tokens the fit was made over
+    tokens: int
+    predicted_ms: float
+
+    @property
+    def beyond_measurement(self) -> bool:
+        return self.tokens > self.measured_tokens
 
 
 @dataclass(frozen=True)
@@ -379,19 +459,38 @@ class BenchResult:
         return tuple(p for p in self.measured if p.runs >= 2 and p.ms_per_token is not None
                      and p.ms_per_token.low > 0 and p.ms_per_token.high / p.ms_per_token.low > ratio)
 
-    def naive_cumulative(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(tokens generated n, median cumulative ms to produce them) for the naive path, prefill included."""
-        naive = self.path("naive")
-        if naive is None or not naive.ok or naive.prefill_ms is None or not len(naive.steps):
+    def cumulative(self, path: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(tokens generated n, median cumulative ms to produce them) for a stepped path, prefill included."""
+        result = self.path(path)
+        if result is None or not result.ok or result.prefill_ms is None or not len(result.steps):
             return None
-        n = np.arange(1, len(naive.steps) + 2, dtype=np.float64)
-        ms = np.cumsum([naive.prefill_ms.median, *naive.steps.median_ms])
+        n = np.arange(1, len(result.steps) + 2, dtype=np.float64)
+        ms = np.cumsum([result.prefill_ms.median, *result.steps.median_ms])
         return n, ms
+
+    def naive_cumulative(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``cumulative("naive")``."""
+        return self.cumulative("naive")
+
+    def cumulative_fit(self, path: str) -> QuadraticFit | None:
+        """A path's cumulative time ≈ a·n + b·n² over n new tokens (None without a per-step series).
+
+        For naive, b carries the recompute (each step processes the whole context); for a cached path, b carries
+        only the attention over a growing cache, and a the weights read once per token.
+        """
+        data = self.cumulative(path)
+        return fit_quadratic(*data) if data is not None else None
 
     def naive_fit(self) -> QuadraticFit | None:
         """Naive cumulative time ≈ a·n + b·n²: each step recomputes the whole context, so the sum is quadratic."""
-        data = self.naive_cumulative()
-        return fit_quadratic(*data) if data is not None else None
+        return self.cumulative_fit("naive")
+
+    def extrapolate(self, path: str, tokens: int) -> Extrapolation | None:
+        """The path's cumulative fit evaluated at ``tokens`` new tokens (same prompt), or None without a fit."""
+        fit = self.cumulative_fit(path)
+        if fit is None:
+            return None
+        return Extrapolation(path, fit, fit.points, tokens, float(fit.predict(float(tokens))))
 
     def naive_step_fit(self) -> LinearFit | None:
         """Naive per-step ms ≈ c + d·position: the sharper test of the quadratic claim.
@@ -459,7 +558,7 @@ class BenchResult:
         names = [p.path for p in self.paths if p.path != "naive"]
         return {
             "all_match": self.all_match,
-            "naive_fit": None if fit is None else {"a_ms": fit.a, "b_ms": fit.b, "r2": fit.r2, "points": fit.points},
+            "naive_fit": _fit_dict(fit),
             "naive_step_fit": None if step_fit is None else {
                 "intercept_ms": step_fit.intercept, "slope_ms_per_token": step_fit.slope, "r2": step_fit.r2,
                 "points": step_fit.points},
@@ -467,6 +566,7 @@ class BenchResult:
             "predicted_crossover_position": {name: self.predicted_crossover_position(name) for name in names},
             "growth": {p.path: self.growth(p.path) for p in self.paths},
             "speedup_vs_naive": {name: self.speedup_vs_naive(name) for name in names},
+            "cumulative_fit": {p.path: _fit_dict(self.cumulative_fit(p.path)) for p in self.paths},
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -129,8 +129,9 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="new tokens per run: one prefill, then tokens-1 decode steps (default 64)")
     parser.add_argument("--prompt-tokens", type=positive_int, default=32,
                         help="prompt length in tokens (default 32; the naive path's cost grows with it)")
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), metavar="PATH",
-                        help=f"paths to time, space- or comma-separated (default: all of {', '.join(PATHS)})")
+    parser.add_argument("--paths", nargs="+", default=None, metavar="PATH",
+                        help=f"paths to time, space- or comma-separated (default: all of {', '.join(PATHS)}; "
+                             "those that cannot run here are skipped with the reason)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per cached path (default 3)")
     parser.add_argument("--naive-repeats", type=positive_int, default=1,
                         help="timed runs of the O(T²) naive path (default 1)")
@@ -153,12 +154,19 @@ def _bench(args: argparse.Namespace) -> int:
     from kvviz.bench import BenchProgress, parse_paths, run_benchmark, validate
     from kvviz.models import load_model
 
+    paths = parse_paths(args.paths) if args.paths is not None else PATHS
     config = BenchConfig(
-        tokens=args.tokens, prompt_tokens=args.prompt_tokens, paths=parse_paths(args.paths), repeats=args.repeats,
+        tokens=args.tokens, prompt_tokens=args.prompt_tokens, paths=paths, repeats=args.repeats,
         naive_repeats=args.naive_repeats, warmup_tokens=args.warmup_tokens, graphs_compile=args.graphs_compile,
         graphs_steps=args.graphs_steps,
     )
     validate(config)
+    if args.paths is not None and "llamacpp" in paths:
+        from kvviz.llamacpp_engine import unavailable_reason
+
+        reason = unavailable_reason(args.model.strip())
+        if reason is not None:  # asked for by name: say why at once rather than skip it after loading the model
+            raise InputError(f"The llamacpp path cannot run: {reason}.")
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # this process only: the CLI owns it, unlike the app's shared server
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -221,8 +229,9 @@ def format_bench_table(result: BenchResult) -> str:
     growth = report.naive_growth_sentence(result)
     if growth is not None:
         lines.append(f"# {growth}")
-    sentences = [*report.setup_sentences(result), *report.crossover_sentences(result),
-                 *report.growth_sentences(result), report.peak_sentence(result), *report.bandwidth_sentences(result)]
+    sentences = [*report.setup_sentences(result), *report.crossover_sentences(result), *report.growth_sentences(result),
+                 report.peak_sentence(result), *report.bandwidth_sentences(result), *report.engine_sentences(result),
+                 *report.engine_gap_sentences(result), *report.famous_figure_sentences(result)]
     lines.extend(f"# {sentence}" for sentence in sentences)
     lines.extend(f"# WARNING: {warning}" for warning in report.warnings(result))
     if not result.complete:

@@ -87,7 +87,7 @@ WEIGHT_PRECISIONS: dict[str, Precision] = {
     p.key: p for p in (FP32, FP16, BF16, FP8, _int("int8", 8, WEIGHT_GROUP), _int("int4", 4, WEIGHT_GROUP))
 }
 _ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
-            "float8": "fp8", "float8_e4m3fn": "fp8", "e4m3": "fp8"}
+            "float8": "fp8", "float8_e4m3fn": "fp8", "e4m3": "fp8", "f32": "fp32", "f16": "fp16"}  # f16: ggml's name
 
 
 def parse_precision(name: str, table: dict[str, Precision] | None = None) -> Precision:

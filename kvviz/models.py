@@ -8,6 +8,10 @@ What it does:
   so an interrupted conversion never leaves a broken cache. Later loads read that folder.
 - ``tiny-llama`` and ``tiny-gpt2`` are random-initialised from a config with a fixed seed and a byte-level
   tokenizer built in code: instant, offline, and their text is meaningless.
+- ``gpt2-medium`` is architecture only: GPT-2 medium's public config (the ``kv_configs`` preset: 24 layers, 16
+  heads, d_model 1,024, 1,024 positions, 50,257-token vocabulary) with random weights (seed 0) and the same
+  byte-level tokenizer, so nothing is downloaded. Timing does not depend on the weights' values, so its speed is
+  the real model's; its text is meaningless.
 
 What it does not do: step the model (``stepper.py``) or touch Streamlit (``kvviz/ui/`` caches the result).
 """
@@ -114,7 +118,18 @@ REGISTRY: dict[str, RegistryEntry] = {
     ),
     "tiny-llama": RegistryEntry("tiny-llama", "random tiny Llama, grouped-query attention (instant)", True),
     "tiny-gpt2": RegistryEntry("tiny-gpt2", "random tiny GPT-2, multi-head attention (instant)", True),
+    "gpt2-medium": RegistryEntry(
+        "gpt2-medium", "GPT-2 medium, architecture only: its public config with random weights (seed 0); timing "
+        "does not depend on the weights' values, the text is meaningless", True
+    ),
 }
+TINY_MODELS = ("tiny-llama", "tiny-gpt2")
+# Architecture-only models: registry key -> the kv_configs preset whose public config they are built from.
+ARCHITECTURE_ONLY: dict[str, str] = {"gpt2-medium": "gpt2-medium"}
+ARCHITECTURE_ONLY_NOTE = (
+    "Architecture only: the public config with random weights (seed 0). Timing does not depend on the weights' "
+    "values, so its speed is the real model's; the text it produces is meaningless."
+)
 
 
 def parse_device(name: str | torch.device) -> torch.device:
@@ -170,14 +185,21 @@ def smollm2_gguf_path() -> Path | None:
     return path if path.is_file() else None
 
 
+def gguf_file(key: str) -> Path | None:
+    """The GGUF file a registry model's weights come from, when it has one (the default model), else None."""
+    return smollm2_gguf_path() if key == DEFAULT_MODEL else None
+
+
 def converted_smollm2_dir() -> Path:
     return cache_dir() / f"smollm2-135m-instruct-v{CONVERSION_VERSION}"
 
 
 def is_available(key: str) -> tuple[bool, str]:
     """Whether ``key`` can be loaded here, and why not."""
-    if key in ("tiny-llama", "tiny-gpt2"):
+    if key in TINY_MODELS:
         return True, "built in"
+    if key in ARCHITECTURE_ONLY:
+        return True, "built from its public config, random weights"
     if key == "smollm2-135m":
         if _converted_ok(converted_smollm2_dir()):
             return True, f"converted weights in {converted_smollm2_dir()}"
@@ -196,15 +218,17 @@ def load_model(
     """Load a model by registry key, local folder or Hugging Face id; raise ``ModelLoadError`` with a reason."""
     name = (name or "").strip()
     if not name:
-        raise ModelLoadError("No model given: choose smollm2-135m, tiny-llama, tiny-gpt2, a folder or an HF id.")
+        raise ModelLoadError(f"No model given: choose {', '.join(REGISTRY)}, a folder or an HF id.")
     dev = parse_device(device) if device is not None else default_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("CUDA was requested but no CUDA GPU is visible to PyTorch here.")
     dt = parse_dtype(dtype) if dtype is not None else default_dtype(dev)
     report = progress or (lambda message: None)
     start = time.perf_counter()
-    if name in ("tiny-llama", "tiny-gpt2"):
+    if name in TINY_MODELS:
         model, tokenizer, card, source = _load_tiny(name)
+    elif name in ARCHITECTURE_ONLY:
+        model, tokenizer, card, source = _load_architecture_only(name)
     elif name == "smollm2-135m":
         model, tokenizer, card, source = _load_smollm2(dt, report)
     else:
@@ -264,13 +288,18 @@ def _param_count(model: Any) -> int:
 
 # ----- tiny random models ---------------------------------------------------------------------------------------
 
-def byte_tokenizer() -> Any:
-    """A real HF fast tokenizer over the 256 bytes plus an end-of-text token, built offline."""
+def byte_tokenizer(vocab_size: int = 257) -> Any:
+    """A real HF fast tokenizer over the 256 bytes, built offline, its last id an end-of-text token.
+
+    A larger ``vocab_size`` (a real architecture's vocabulary) fills the ids between with placeholders
+    ``<|id N|>``: text never encodes to them, but a model may choose them, and they decode to something visible.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {symbol: index for index, symbol in enumerate(alphabet)}
+    vocab.update({f"<|id {index}|>": index for index in range(len(vocab), vocab_size - 1)})
     vocab["<|endoftext|>"] = len(vocab)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -303,7 +332,8 @@ def _load_tiny(key: str) -> tuple[Any, Any, ModelCard, str]:
     return random_model_parts(tiny_config(key), key)
 
 
-def random_model_parts(config: Any, key: str) -> tuple[Any, Any, ModelCard, str]:
+def random_model_parts(config: Any, key: str, name: str | None = None, source: str | None = None,
+                       note: str = "", tokenizer_vocab: int = 257) -> tuple[Any, Any, ModelCard, str]:
     """A random-initialised model (seed 0) for ``config``, with the byte tokenizer and a card saying so."""
     from transformers import AutoModelForCausalLM
 
@@ -312,11 +342,11 @@ def random_model_parts(config: Any, key: str) -> tuple[Any, Any, ModelCard, str]
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     card = card_from_config(
-        config, key=key, name=f"{key} (random weights, seed 0)", source="built from a config in kvviz/models.py",
-        licence="n/a", parameters=_param_count(model),
-        note="Random-initialised: the text it produces is meaningless. For tests and instant demos.",
+        config, key=key, name=name or f"{key} (random weights, seed 0)",
+        source=source or "built from a config in kvviz/models.py", licence="n/a", parameters=_param_count(model),
+        note=note or "Random-initialised: the text it produces is meaningless. For tests and instant demos.",
     )
-    return model, byte_tokenizer(), card, "random init"
+    return model, byte_tokenizer(tokenizer_vocab), card, "random init"
 
 
 def load_random_model(config: Any, key: str, device: str | torch.device = "cpu",
@@ -325,6 +355,28 @@ def load_random_model(config: Any, key: str, device: str | torch.device = "cpu",
     start = time.perf_counter()
     model, tokenizer, card, source = random_model_parts(config, key)
     return _finish(key, model, tokenizer, card, source, torch.device(device), parse_dtype(dtype), start)
+
+
+def _architecture_preset(key: str) -> Any:
+    from kvviz.kv_configs import PRESETS
+
+    return next(preset for preset in PRESETS if preset.key == ARCHITECTURE_ONLY[key])
+
+
+def architecture_only_config(key: str) -> Any:
+    """The public config an architecture-only model is built from (a ``kv_configs`` preset)."""
+    from kvviz.kv_configs import preset_config
+
+    return preset_config(_architecture_preset(key))
+
+
+def _load_architecture_only(key: str) -> tuple[Any, Any, ModelCard, str]:
+    preset, config = _architecture_preset(key), architecture_only_config(key)
+    return random_model_parts(
+        config, key, name=f"{preset.name} (architecture only, random weights)",
+        source=f"{preset.source} config.json (kvviz/kv_configs.py), random weights (seed 0)",
+        note=ARCHITECTURE_ONLY_NOTE, tokenizer_vocab=int(config.vocab_size),
+    )
 
 
 # ----- the default model ----------------------------------------------------------------------------------------

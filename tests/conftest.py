@@ -1,5 +1,5 @@
 """Shared fixtures: models are loaded once per test session (the tiny ones are instant; SmolLM2 is ~2 s cached);
-the browser check of the browser tests."""
+the browser check of the browser tests and the llama.cpp check of the llamacpp path's tests."""
 
 from __future__ import annotations
 
@@ -57,4 +57,18 @@ def require_browser() -> None:
         return
     if os.environ.get("KVVIZ_REQUIRE_BROWSER") == "1":
         pytest.fail(f"KVVIZ_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def require_llamacpp() -> None:
+    """Skip the test without llama-cpp-python, with the reason; with ``KVVIZ_REQUIRE_LLAMACPP=1`` (``make test``
+    sets it, and installs the package from requirements-dev.txt) fail it instead."""
+    from kvviz.llamacpp_engine import INSTALL_HINT, installed
+
+    if installed():
+        return
+    reason = f"llama-cpp-python is not installed: {INSTALL_HINT}"
+    if os.environ.get("KVVIZ_REQUIRE_LLAMACPP") == "1":
+        pytest.fail(f"KVVIZ_REQUIRE_LLAMACPP=1 but {reason}")
     pytest.skip(reason)

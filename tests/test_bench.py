@@ -79,6 +79,11 @@ def test_graphs_path_is_skipped_on_cpu_with_a_reason(llama_result):
     assert graphs.tokens == () and graphs.ms_per_token is None and not len(graphs.steps)
 
 
+def test_llamacpp_path_is_skipped_for_a_model_without_a_gguf_file(llama_result):
+    llamacpp = llama_result.path("llamacpp")
+    assert llamacpp.status == "skipped" and "has no GGUF file" in llamacpp.reason and llamacpp.engine is None
+
+
 def test_naive_processes_the_whole_context_each_step_while_cached_paths_process_one(llama_result):
     prompt = SMALL.prompt_tokens
     naive = llama_result.path("naive").steps
@@ -248,10 +253,69 @@ def test_a_flat_naive_run_says_no_quadratic_growth_was_measured():
     assert report.naive_growth_sentence(result).startswith("No quadratic growth measured")
 
 
+def test_every_stepped_path_has_a_cumulative_fit_and_extrapolates_it_exactly():
+    """Synthetic steps whose cumulative times are exactly a·n + b·n² for both paths: the fit recovers a and b, and
+    its prediction at 1,000 tokens is a·1000 + b·1000²."""
+    prompt, tokens = 8, 200
+    n = np.arange(2, tokens + 1)
+
+    def path(name: str, a: float, b: float) -> PathResult:  # the n-th token costs C(n) − C(n−1) = a + b·(2n − 1)
+        return _path(name, tuple(range(tokens)), list(a + b * (2 * n - 1)), prompt, prefill=a + b)
+
+    result = _result((path("naive", 120.0, 1.25), path("kvviz", 70.0, 0.004)), tokens, prompt)
+    for name, a, b in (("naive", 120.0, 1.25), ("kvviz", 70.0, 0.004)):
+        fit = result.cumulative_fit(name)
+        assert fit.a == pytest.approx(a) and fit.b == pytest.approx(b) and fit.r2 == pytest.approx(1.0)
+        far = result.extrapolate(name, 1000)
+        assert far.predicted_ms == pytest.approx(a * 1000 + b * 1000**2) and far.measured_tokens == tokens
+        assert far.beyond_measurement and not result.extrapolate(name, tokens).beyond_measurement
+    assert result.naive_fit() == result.cumulative_fit("naive")
+    assert result.to_dict()["summary"]["cumulative_fit"]["kvviz"]["b_ms"] == pytest.approx(0.004)
+    assert result.extrapolate("generate", 1000) is None and result.extrapolate("static", 1000) is None
+
+
+def famous_result(naive_ab: tuple[float, float], cached_ab: tuple[float, float], model: str = "gpt2-medium",
+            tokens: int = 200, prompt: int = 16) -> BenchResult:
+    n = np.arange(2, tokens + 1)
+
+    def path(name: str, a: float, b: float) -> PathResult:
+        return _path(name, tuple(range(tokens)), list(a + b * (2 * n - 1)), prompt, prefill=a + b)
+
+    result = _result((path("naive", *naive_ab), path("kvviz", *cached_ab)), tokens, prompt)
+    return replace(result, environment=replace(result.environment, model=model))
+
+
+def test_the_famous_figure_sentences_carry_the_fits_and_their_prediction():
+    result = famous_result((300.0, 4.0), (250.0, 0.01))
+    naive_s, cached_s = (300.0 * 1000 + 4.0 * 1000**2) / 1000, (250.0 * 1000 + 0.01 * 1000**2) / 1000  # 4,300 and 260
+    fits, prediction, duration, gpu = report.famous_figure_sentences(result)
+    assert fits.startswith("Fitted to this run's cumulative times over 200 new tokens after a 16-token prompt:")
+    assert "naive ≈ 300.0·n + 4.0000·n² ms (R² = 1.0000)" in fits and "kvviz ≈ 250.0·n + 0.0100·n² ms" in fits
+    assert prediction.startswith(f"At 1,000 tokens the fits predict {naive_s:.1f} s without the cache and "
+                                 f"{cached_s:.1f} s with it ({naive_s / cached_s:.1f}×)")
+    assert "against 107 s and 21.7 s (~4.9×)" in prediction
+    assert duration.startswith("Running the full 1,000 tokens of both on the machine measured would take about "
+                               "76.0 min (naive 71.7 min, kvviz 4.3 min;")
+    assert gpu == report.gpu_probe_sentence()
+    assert "17.6 s without the cache and 13.9 s with it (1.27×)" in gpu and "kernel launches" in gpu
+    rows = report.famous_figure_rows(result)
+    assert [row["without the cache (s)"] for row in rows] == ["107.0", "17.6", f"{naive_s:,.1f}"]
+    assert [row["ratio"] for row in rows] == ["4.93×", "1.27×", f"{naive_s / cached_s:.2f}×"]
+    assert report.famous_run_label(result) == (
+        "Run the full 1,000 tokens here (naive and kvviz; the fits estimate 76.0 min on the machine measured)")
+    # Only for the figure's model, and only with both paths measured.
+    assert report.famous_figure_sentences(famous_result((300.0, 4.0), (250.0, 0.01), model="tiny-gpt2")) == []
+    only_naive = replace(result, paths=result.paths[:1])
+    assert report.famous_figure_rows(only_naive) == [] and report.famous_run_label(only_naive) is None
+
+
 # ----- JSON format ----------------------------------------------------------------------------------------------
 
 PATH_FIELDS = {"path", "label", "status", "reason", "runs", "tokens", "matches_reference", "first_mismatch",
-               "prefill_ms", "ms_per_token", "total_ms", "cold", "steps"}
+               "prefill_ms", "ms_per_token", "total_ms", "cold", "steps", "engine"}
+ENGINE_FIELDS = {"name", "version", "device", "model_file", "file_bytes", "weights_bytes", "weights_type", "kv_type",
+                 "n_ctx", "kv_bytes", "kv_mib_reported", "threads", "eval_ms_per_token", "prompt_eval_ms",
+                 "forced_matches", "forced_positions", "forced_max_gap"}
 STEP_FIELDS = {"position", "median_ms", "min_ms", "max_ms", "tokens_processed", "flops", "bytes"}
 
 
@@ -267,7 +331,8 @@ def test_json_has_the_documented_fields_and_round_trips(llama_result):
     assert env["device"] == "cpu" and env["dtype"] == "float32" and env["device_name"] and env["threads"] >= 1
     assert set(env) == {"model", "model_name", "architecture", "parameters", "device", "device_name", "dtype",
                         "torch", "transformers", "kvviz", "python", "platform", "threads", "cuda", "load_average",
-                        "cpus"}
+                        "cpus", "weights_bytes"}
+    assert env["weights_bytes"] == weight_bytes_read(varied_model("tiny-llama").model)
     assert set(data["config"]) == {"tokens", "prompt_tokens", "paths", "repeats", "naive_repeats",
                                    "warmup_tokens", "graphs_compile", "graphs_steps"}
     assert set(data["peak"]) == {"memory_bytes_per_s", "memory_source", "flops_per_s", "flops_source"}
@@ -275,10 +340,14 @@ def test_json_has_the_documented_fields_and_round_trips(llama_result):
     for path in data["paths"]:
         assert set(path) == PATH_FIELDS and set(path["steps"]) == STEP_FIELDS
         assert set(path["cold"]) == {"setup_ms", "prefill_ms", "first_step_ms"}
+        assert path["engine"] is None  # only an outside engine (llamacpp, which has no GGUF file to run here) has one
         if path["status"] == "ok":
             assert set(path["ms_per_token"]) == {"median", "min", "max"}
     assert set(data["summary"]) == {"all_match", "naive_fit", "naive_step_fit", "crossover_position",
-                                    "predicted_crossover_position", "growth", "speedup_vs_naive"}
+                                    "predicted_crossover_position", "growth", "speedup_vs_naive", "cumulative_fit"}
+    assert set(data["summary"]["cumulative_fit"]) == set(PATHS)
+    assert data["summary"]["cumulative_fit"]["naive"] == data["summary"]["naive_fit"]
+    assert data["summary"]["cumulative_fit"]["generate"] is None  # no per-step series to sum
     again = BenchResult.from_json(llama_result.to_json())
     assert again.to_dict() == json.loads(llama_result.to_json())
     with pytest.raises(ValueError, match="not a kvviz benchmark"):
@@ -307,8 +376,9 @@ def test_a_damaged_result_file_is_refused_with_a_reason(llama_result, change, re
 
 def test_the_format_document_names_every_field():
     text = (Path(__file__).parent.parent / "docs" / "bench-format.md").read_text(encoding="utf-8")
-    for name in PATH_FIELDS | STEP_FIELDS | {"format_version", "environment", "summary", "naive_fit", "naive_step_fit",
-                                             "growth"}:
+    for name in PATH_FIELDS | STEP_FIELDS | ENGINE_FIELDS | {"format_version", "environment", "summary", "naive_fit",
+                                                             "naive_step_fit", "growth", "cumulative_fit",
+                                                             "weights_bytes"}:
         assert f"`{name}`" in text, name
 
 
@@ -377,7 +447,7 @@ def test_charts_handle_a_two_thousand_token_run():
 
 def test_summary_table_has_every_column_in_every_row_and_no_none(llama_result):
     rows = charts.summary_rows(llama_result)
-    assert sorted(row["path"] for row in rows) == sorted(CPU_PATHS + ("graphs",))
+    assert sorted(row["path"] for row in rows) == sorted(CPU_PATHS + ("graphs", "llamacpp"))
     assert all(tuple(row) == charts.SUMMARY_COLUMNS for row in rows)  # one shape: no blank cells in the table
     assert all(isinstance(value, str) and value not in ("", "None", "nan") for row in rows
                for column, value in row.items() if column != "note")
@@ -514,3 +584,25 @@ def test_estimates_and_roofs_are_labelled_as_what_they_are(llama_result):
         assert all("(an estimate" in sentence and roof in sentence for sentence in report.bandwidth_sentences(result))
     assert "same position" in charts.speedup_figure(llama_result).layout.yaxis.title.text
     assert "naive ÷ path, end to end" in charts.summary_rows(llama_result)[0]
+
+
+def test_the_readmes_cpu_figures_are_what_the_shipped_results_say():
+    """The README quotes the 2-core CPU ladder with llama.cpp and GPT-2 medium's fits; the files in docs/results are
+    those runs, and the report module's sentences about them carry the quoted numbers."""
+    from kvviz.ui.speed import SHIPPED_CPU_RESULTS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    ladder = BenchResult.from_json(SHIPPED_CPU_RESULTS["llamacpp"].read_text())
+    llamacpp, kvviz = ladder.path("llamacpp"), ladder.path("kvviz")
+    assert f"**{llamacpp.ms_per_token.median:.2f}**" in readme and f"| {kvviz.ms_per_token.median:.2f} |" in readme
+    ratio = kvviz.ms_per_token.median / llamacpp.ms_per_token.median
+    assert f"{ratio:.1f}× as long" in report.engine_sentences(ladder)[0] and f"| {ratio:.1f}× |" in readme
+    engine = llamacpp.engine
+    assert f"at {engine.forced_matches} of {engine.forced_positions} positions" in readme
+    assert f"{engine.kv_bytes:,} B" in readme and f"{engine.weights_bytes:,} B" in readme
+    famous = BenchResult.from_json(SHIPPED_CPU_RESULTS["gpt2-medium"].read_text())
+    assert famous.environment.model == "gpt2-medium" and "architecture only" in famous.environment.model_name
+    naive, cached = report.famous_figure_predictions(famous)
+    assert f"| {naive.predicted_ms / 1000:,.1f} s | {cached.predicted_ms / 1000:.1f} s |" in readme
+    assert f"{naive.predicted_ms / cached.predicted_ms:.1f}×" in report.famous_figure_sentences(famous)[1]
+    assert f"{naive.fit.a:.1f}·n + {naive.fit.b:.4f}·n² ms (R² {naive.fit.r2:.4f})" in readme

@@ -113,3 +113,42 @@ def test_any_local_model_folder_loads_and_steps(smollm2):
     assert loaded.loaded_from == "local folder" and loaded.card.layers == 30
     record = Stepper(loaded, capture_attention=False).prefill("Hello")
     assert record.cache_len == len(loaded.tokenizer("Hello")["input_ids"])
+
+
+def test_gpt2_medium_is_gpt2_mediums_public_config_labelled_architecture_only():
+    config = models.architecture_only_config("gpt2-medium")
+    assert (config.model_type, config.n_layer, config.n_head, config.n_embd, config.n_positions, config.vocab_size) == (
+        "gpt2", 24, 16, 1024, 1024, 50257)
+    entry = models.REGISTRY["gpt2-medium"]
+    assert entry.offline and "architecture only" in entry.description
+    assert "timing does not depend on the weights' values" in entry.description
+    assert "Timing does not depend on the weights' values" in models.ARCHITECTURE_ONLY_NOTE
+    assert models.is_available("gpt2-medium")[0] and models.gguf_file("gpt2-medium") is None
+
+
+def test_a_byte_tokenizer_can_span_a_real_vocabulary():
+    small, large = models.byte_tokenizer(), models.byte_tokenizer(50257)
+    assert (len(small), small.eos_token_id) == (257, 256)
+    assert (len(large), large.eos_token_id) == (50257, 50256)  # GPT-2's end-of-text id
+    assert small("kv cache")["input_ids"] == large("kv cache")["input_ids"]  # text still encodes to the bytes
+    assert large.decode([300]) == "<|id 300|>"
+
+
+@pytest.mark.slow
+def test_gpt2_medium_loads_with_random_weights_and_decodes_on_every_cached_path():
+    from kvviz.bench import run_benchmark
+    from kvviz.bench_results import BenchConfig
+    from kvviz.kv_configs import get_preset
+
+    loaded = models.load_model("gpt2-medium", device="cpu", dtype="float32")
+    card = loaded.card
+    assert card.name == "GPT-2 medium (architecture only, random weights)"
+    assert card.note == models.ARCHITECTURE_ONLY_NOTE and loaded.loaded_from == "random init"
+    assert (card.layers, card.query_heads, card.kv_heads, card.head_dim, card.context_length) == (24, 16, 16, 64, 1024)
+    assert card.parameters == get_preset("gpt2-medium").parameters == 354_823_168
+    assert len(loaded.tokenizer) == 50257
+    result = run_benchmark(loaded, BenchConfig(tokens=3, prompt_tokens=4, paths=("naive", "kvviz", "llamacpp"),
+                                               repeats=1, warmup_tokens=2))
+    assert result.path("naive").ok and result.all_match
+    assert result.environment.model_name == card.name  # every figure of it says "architecture only"
+    assert result.path("llamacpp").status == "skipped" and "no GGUF file" in result.path("llamacpp").reason

@@ -11,13 +11,16 @@ import numpy as np
 import plotly.graph_objects as go
 
 from kvviz.bench_results import PATHS, BenchResult, PathResult
-from kvviz.charts.style import CACHED, FORMULA, GENERATED, KEYS, NAIVE, PROMPT, VALUES, base_layout, measured_on
+from kvviz.charts.style import (
+    CACHED, ENGINE, FORMULA, GENERATED, KEYS, NAIVE, PROMPT, VALUES, base_layout, measured_on,
+)
 from kvviz.report import bandwidth_roof_name
 
 # One colour per path on every Speed chart. The app's cached stepper keeps the app-wide "cached" blue and the
 # naive path the app-wide vermillion; the other paths take the remaining Okabe–Ito colours.
 PATH_COLOURS: dict[str, str] = {
     "naive": NAIVE, "dynamic": KEYS, "kvviz": CACHED, "static": VALUES, "graphs": GENERATED, "generate": PROMPT,
+    "llamacpp": ENGINE,
 }
 POSITION_AXIS = "position (tokens in context)"
 

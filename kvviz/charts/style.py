@@ -13,6 +13,7 @@ PROMPT = "#56B4E9"  # sky blue: prompt tokens
 GENERATED = "#E69F00"  # orange: generated tokens
 NEWEST = "#F0E442"  # yellow: the newest token / column appended this step
 FORMULA = "#7F7F7F"  # grey: a formula's prediction drawn over measurements
+ENGINE = "#000000"  # black: an outside engine (llama.cpp) set beside kvviz's PyTorch paths
 OVERHEAD = "#999999"  # light grey, dotted: work done for the charts, timed apart from the paths it serves
 SEQUENTIAL = "Viridis"  # heatmaps (attention weights)
 NEWLINE = "⏎"  # a token's newline, on every axis and in every text view

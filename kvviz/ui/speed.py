@@ -84,13 +84,35 @@ def run_with_progress(loaded: LoadedModel, config: BenchConfig) -> BenchResult:
         lock.release()
 
 
+def famous_run_config(result: BenchResult, loaded: LoadedModel) -> BenchConfig:
+    """The published figure's full length on the paths it compares, with the result's prompt where the model's
+    context leaves room for it (else the longest prompt that fits)."""
+    from kvviz.report import FAMOUS_FIGURE, FAMOUS_PATHS
+
+    room = loaded.card.context_length - FAMOUS_FIGURE.tokens
+    return BenchConfig(tokens=FAMOUS_FIGURE.tokens, prompt_tokens=max(1, min(result.config.prompt_tokens, room)),
+                       paths=FAMOUS_PATHS, repeats=1, naive_repeats=1)
+
+
 # A result measured with scripts/gpu_ladder.sh and shipped with the project, so a CPU-only user can see a GPU's ladder.
 SHIPPED_GPU_RESULT = Path(__file__).resolve().parents[2] / "docs" / "results" / "smollm2-h200-bf16.json"
+
+
+# CPU results measured with `kvviz bench` for the README: the ladder with llama.cpp, and GPT-2 medium's fits.
+SHIPPED_CPU_RESULTS: dict[str, Path] = {
+    "llamacpp": SHIPPED_GPU_RESULT.parent / "smollm2-cpu-llamacpp.json",
+    "gpt2-medium": SHIPPED_GPU_RESULT.parent / "gpt2-medium-cpu.json",
+}
 
 
 def load_shipped_gpu_result() -> BenchResult:
     """The H200 ladder shipped in docs/results, shown as if it had been uploaded."""
     return load_result(SHIPPED_GPU_RESULT.read_bytes())
+
+
+def load_shipped_cpu_result(name: str) -> BenchResult:
+    """One of the CPU results shipped in docs/results (``SHIPPED_CPU_RESULTS``), shown as if it had been uploaded."""
+    return load_result(SHIPPED_CPU_RESULTS[name].read_bytes())
 
 
 def load_result(data: bytes) -> BenchResult:
