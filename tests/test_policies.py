@@ -3,6 +3,7 @@ the perplexity is transformers' own, and the CLI refuses bad input with one line
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -175,6 +176,34 @@ def test_the_shipped_text_is_the_excerpt_its_source_note_describes():
     assert "[Illustration" not in text and "Gutenberg" not in text
 
 
+# ----- quantised caches ------------------------------------------------------------------------------------------
+
+def test_the_fp8_cache_holds_every_token_in_one_byte_plus_a_scale_per_tensor(tiny_llama):
+    ids = _ids(tiny_llama, 60)
+    result = compare_policies(tiny_llama, ids, [PolicySpec("fp8", 16), PolicySpec("full", 16)], prompt_tokens=30)
+    fp8, full = result.policies
+    card, fed = tiny_llama.card, len(ids) - 1
+    # per layer: K and V of 2 KV heads × 59 tokens × 16 dims at 1 byte, and one float32 scale each
+    assert fp8.bytes_held == card.layers * (2 * card.kv_heads * fed * card.head_dim + 2 * 4) == 15_136
+    assert full.bytes_held == 4 * fp8.bytes_held - card.layers * 2 * 4 * 4
+    assert fp8.budget_tokens is None and fp8.holdings[0].positions[0] == tuple(range(fed))
+    assert fp8.kl > 0.0 and math.isfinite(fp8.perplexity)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hqq") is None, reason="needs the optional hqq==0.2.8.post1")
+def test_int4_and_int2_caches_through_hqq_hold_fewer_bytes_the_fewer_the_bits(tiny_llama):
+    ids = _ids(tiny_llama, 200)
+    result = compare_policies(tiny_llama, ids, [PolicySpec(n, 16) for n in ("full", "int4", "int2")], 100)
+    full, int4, int2 = result.policies
+    assert int2.bytes_held < int4.bytes_held < full.bytes_held
+    assert int2.kl > int4.kl > 0.0
+    # int4 of the 100-token prompt (0.5 byte + 8 bytes of scale and zero per 64 elements) + 99 fp32 residual tokens
+    card = tiny_llama.card
+    per_layer = 2 * (card.kv_heads * 100 * card.head_dim // 2 + card.kv_heads * 100 * card.head_dim // 64 * 8
+                     + card.kv_heads * 99 * card.head_dim * 4)
+    assert int4.bytes_held == card.layers * per_layer
+
+
 # ----- the CLI --------------------------------------------------------------------------------------------------
 
 def kvviz(*args: str) -> subprocess.CompletedProcess:
@@ -216,6 +245,8 @@ def test_cli_table_uses_the_shipped_text_by_default():
         (["--budget", "60"], "holds the whole text"),
         (["--budget", "16", "--tokens", "100000"], "--tokens asks for"),
         (["--budget", "16", "--text", "/no/such/file.txt"], "cannot read"),
+        pytest.param(["--budget", "16", "--policies", "full,int4"], "pip install hqq==0.2.8.post1",
+                     marks=pytest.mark.skipif(importlib.util.find_spec("hqq") is not None, reason="hqq is installed")),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args, reason):

@@ -1,7 +1,8 @@
 """``python -m kvviz policies``: argument parsing and printing for the cache-policy comparison.
 
 ``kvviz/cli.py`` registers it through ``add_arguments(parser)``, which sets ``run`` on the parser. Bad input
-(an unknown policy, a budget that cannot hold the sinks or that holds the whole text, an unreadable text) raises
+(an unknown policy, a budget that cannot hold the sinks or that holds the whole text, an unreadable text, a
+quantised cache whose backend is not installed) raises
 ``InputError``, which the CLI prints as one line with exit status 2; what can be checked before the model loads
 is. What it does not do: compute (``quality.py``, ``eviction.py``).
 """
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=positive_int, default=None,
                         help="tokens fed in the first call, the rest one at a time (default: half the tokens)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random policy (0)")
+    parser.add_argument("--quant-backend", default="hqq", choices=("hqq", "quanto"),
+                        help="backend of the int4 and int2 caches (hqq, an optional package; quanto compiles on "
+                             "first use)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(run=run_policies_command)
 
@@ -50,7 +54,7 @@ def _count(text: str) -> int:
 
 def parse_policy_names(text: str) -> list[str]:
     """The names in a comma-separated list, in order, each once; ``InputError`` for an unknown or empty list."""
-    from kvviz.policies.eviction import POLICY_NAMES
+    from kvviz.policies.eviction import ALL_POLICY_NAMES as POLICY_NAMES
 
     names = list(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
     if not names:
@@ -76,9 +80,13 @@ def run_policies_command(args: argparse.Namespace) -> int:
     from kvviz.policies.eviction import PolicySpec
 
     names = parse_policy_names(args.policies)
-    specs = [PolicySpec(name, args.budget, sinks=args.sinks, seed=args.seed) for name in names]
+    from kvviz.policies.quantised import check_backend
+
+    specs = [PolicySpec(name, args.budget, sinks=args.sinks, seed=args.seed, backend=args.quant_backend)
+             for name in names]
     for spec in specs:
         spec.validate()
+        check_backend(spec.name, spec.backend)
     text, text_name = _read_text(args.text)
     loaded = _load(args)
     from kvviz.policies.quality import compare_policies, text_ids

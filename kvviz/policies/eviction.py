@@ -35,9 +35,11 @@ from transformers import DynamicCache
 
 from kvviz.attention import attention_weights
 from kvviz.errors import InputError
+from kvviz.policies.quantised import DEFAULT_QUANT_BACKEND, QUANTISED_NAMES
 from kvviz.policies.records import LayerHolding
 
 POLICY_NAMES = ("full", "window", "sinks", "h2o", "snapkv", "knorm", "random")
+ALL_POLICY_NAMES = POLICY_NAMES + QUANTISED_NAMES  # the quantised caches are in quantised.py
 ATTENTION_SCORED = ("h2o", "snapkv")
 DEFAULT_SINKS = 4
 DEFAULT_OBSERVATION = 32  # SnapKV's observation window, in prompt tokens
@@ -46,17 +48,23 @@ SNAPKV_POOLING = 5  # neighbours averaged into each position's SnapKV score (odd
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """A policy and its settings; ``budget`` is in tokens per layer and KV head (ignored by ``full``)."""
+    """A policy and its settings; ``budget`` is in tokens per layer and KV head (ignored by ``full`` and the
+    quantised caches, which hold every token)."""
 
     name: str
     budget: int
     sinks: int = DEFAULT_SINKS
     observation: int = DEFAULT_OBSERVATION
     seed: int = 0
+    backend: str = DEFAULT_QUANT_BACKEND  # int4 / int2 only
+
+    @property
+    def evicts(self) -> bool:
+        return self.name in POLICY_NAMES and self.name != "full"
 
     def validate(self) -> None:
-        if self.name not in POLICY_NAMES:
-            raise InputError(f"Unknown policy '{self.name}': choose from {', '.join(POLICY_NAMES)}.")
+        if self.name not in ALL_POLICY_NAMES:
+            raise InputError(f"Unknown policy '{self.name}': choose from {', '.join(ALL_POLICY_NAMES)}.")
         if self.sinks < 0:
             raise InputError(f"The number of sink tokens must be 0 or more (got {self.sinks}).")
         if self.budget < self.sinks + 1:
@@ -87,6 +95,8 @@ class PolicyCache(DynamicCache):
 
     def __init__(self, config: Any, spec: PolicySpec) -> None:
         spec.validate()
+        if spec.name not in POLICY_NAMES:
+            raise InputError(f"'{spec.name}' is a quantised cache, not an eviction policy: use QuantisedPolicyCache.")
         super().__init__(config=config)
         if any(getattr(layer, "is_sliding", False) for layer in self.layers):
             raise InputError("Cache policies need full-attention layers; this model has sliding-window layers.")

@@ -7,6 +7,7 @@ policy's eviction. Every call passes ``position_ids`` itself, because kept keys 
 distribution against the text (perplexity) and against the full cache's (top-1 agreement, KL divergence), so no
 logits are stored. Decode calls are timed with ``DeviceTimer``, the eviction and any attention scoring included.
 
+Quantised caches (fp8, int4, int2) run in the same loop; they hold every token, so their budget is None.
 ``SHIPPED_TEXT`` is the default text: three chapters of a public-domain novel (see ``texts/SOURCE.md``).
 What it does not do: parse arguments, print, or draw.
 """
@@ -17,13 +18,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from kvviz.errors import InputError
 from kvviz.models import LoadedModel
 from kvviz.policies.eviction import PolicyCache, PolicySpec
+from kvviz.policies.quantised import QuantisedPolicyCache
 from kvviz.policies.records import PolicyComparison, PolicyScore
 from kvviz.timing import DeviceTimer
 
@@ -55,9 +57,16 @@ def text_ids(loaded: LoadedModel, text: str, tokens: int | None, at_most: bool =
     return ids
 
 
+def make_cache(config: Any, spec: PolicySpec) -> PolicyCache | QuantisedPolicyCache:
+    """The cache that carries out ``spec``: an evicting one, or a quantised one that holds every token."""
+    if spec.name in ("fp8", "int4", "int2"):
+        return QuantisedPolicyCache(config, spec.name, spec.backend)
+    return PolicyCache(config, spec)
+
+
 def check_budget(spec: PolicySpec, tokens: int) -> None:
     spec.validate()
-    if spec.name != "full" and spec.budget >= tokens:
+    if spec.evicts and spec.budget >= tokens:
         raise InputError(f"The budget of {spec.budget:,} tokens holds the whole text ({tokens:,} tokens): nothing "
                          "would be evicted. Lower --budget or use a longer text.")
 
@@ -67,7 +76,7 @@ class _Run:
     """One policy's cache and running sums."""
 
     spec: PolicySpec
-    cache: PolicyCache
+    cache: PolicyCache | QuantisedPolicyCache
     nll: float = 0.0
     agreements: int = 0
     kl: float = 0.0
@@ -110,7 +119,7 @@ def compare_policies(loaded: LoadedModel, ids: Sequence[int], specs: Sequence[Po
     started = time.perf_counter()
     config = loaded.model.config
     reference = _Run(PolicySpec("full", len(ids)), PolicyCache(config, PolicySpec("full", len(ids))))
-    runs = [_Run(spec, PolicyCache(config, spec)) for spec in specs if spec.name != "full"]
+    runs = [_Run(spec, make_cache(config, spec)) for spec in specs if spec.name != "full"]
     report = progress or (lambda done, total: None)
     for position in range(prompt_tokens - 1, len(ids) - 1):
         # Position p's logits predict token p + 1; the prefill's last position is prompt_tokens - 1.
@@ -138,7 +147,7 @@ def compare_policies(loaded: LoadedModel, ids: Sequence[int], specs: Sequence[Po
 def _policy_score(run: _Run) -> PolicyScore:
     return PolicyScore(
         name=run.spec.name,
-        budget_tokens=None if run.spec.name == "full" else run.spec.budget,
+        budget_tokens=run.spec.budget if run.spec.evicts else None,
         bytes_held=run.cache.bytes_held(),
         perplexity=math.exp(run.nll / run.scored),
         top1_agreement=run.agreements / run.scored,
