@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backend of the int4 and int2 caches (hqq, an optional package; quanto compiles on "
                              "first use)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     parser.set_defaults(run=run_policies_command)
 
 
@@ -93,7 +95,16 @@ def run_policies_command(args: argparse.Namespace) -> int:
 
     ids = text_ids(loaded, text, args.tokens or DEFAULT_TOKENS, at_most=args.tokens is None)
     prompt_tokens = args.prompt_tokens or len(ids) // 2
-    result = compare_policies(loaded, ids, specs, prompt_tokens, text_name)
+    show_progress = not args.quiet and sys.stderr.isatty()
+
+    def on_progress(done: int, total: int) -> None:
+        if show_progress:
+            sys.stderr.write(f"\r\033[K[{done / total:4.0%}] token {done:,} of {total:,}")
+            sys.stderr.flush()
+
+    result = compare_policies(loaded, ids, specs, prompt_tokens, text_name, on_progress)
+    if show_progress:
+        sys.stderr.write("\r\033[K")
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
