@@ -1,10 +1,12 @@
-"""Command line: ``python -m kvviz {models,step,bench,memory,prefix,serve}``: the argument plumbing of every subcommand.
+"""Command line: ``python -m kvviz {models,step,bench,memory,prefix,serve,policies}``: the argument plumbing of every
+subcommand.
 
 Every failure the user can fix exits with status 2 and one line on stderr (``kvviz: error: …``); nothing here
 prints a traceback for bad input. Each subcommand parses its arguments here and calls the engine: ``step`` the
 steppers, ``bench`` ``kvviz.bench``, ``memory`` ``kvviz.kv_formula`` and ``kvviz.kv_configs``; ``prefix`` and
-``serve`` are parsed by ``kvviz/serving/cli_commands.py``. Modules that need
-torch are imported inside the subcommand that uses them: ``memory`` is arithmetic and should not wait for torch.
+``serve`` are parsed by ``kvviz/serving/cli_commands.py``, ``policies`` by ``kvviz/policies/cli_commands.py``.
+Modules that need torch are imported inside the subcommand that uses them: ``memory`` is arithmetic and should not
+wait for torch.
 
 What it does not do: compute anything itself.
 """
@@ -393,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
         from kvviz.serving.cli_commands import add_arguments as add_serving_arguments
 
         add_serving_arguments(name, commands.add_parser(name, help=help_text))
+    from kvviz.policies.cli_commands import add_arguments as add_policies_arguments
+
+    add_policies_arguments(commands.add_parser(
+        "policies", help="cache eviction policies at a token budget, scored against the full cache on a long text"))
     return parser
 
 
