@@ -10,14 +10,11 @@ from kvviz.charts import serving as charts
 from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.serving import report
-from kvviz.kv_configs import all_presets
-from kvviz.kv_formula import BF16, CACHE_PRECISIONS, GPUS, weights_bytes
+from kvviz.kv_formula import GPUS
 from kvviz.serving.metrics import EXAMPLES, example_metrics, fetch_metrics, live_metrics, metrics_row, parse_metrics
-from kvviz.serving.prefix import compare_prefix
 from kvviz.serving.prompt_design import run_prompt_design
-from kvviz.serving.pressure import project_concurrency, run_pressure, trace_concurrency
+from kvviz.serving.pressure import project_on_gpu, projectable_presets, run_pressure, trace_concurrency
 from kvviz.serving.workload import library_prompt
-from kvviz.stepper import encode_prompt
 from kvviz.ui import serving as sessions
 from kvviz.ui.resources import get_model
 from kvviz.ui.step_widgets import rerun_fragment, show_figure
@@ -184,13 +181,8 @@ def prefix_area() -> None:
     session = sessions.get_session()
     if st.button("Run A, then B; then B alone", key="serving_prefix_run", type="primary"):
         try:
-            if not text_a.strip() or not text_b.strip():
-                raise KvvizError("Both prompts need some text.")
-            ids_a, ids_b = encode_prompt(loaded, text_a), encode_prompt(loaded, text_b)
             with st.spinner("Running the prompts…"):
-                session.prefix = compare_prefix(loaded, ids_a, ids_b, block_size=block_size)
-            session.prefix_texts = ([loaded.tokenizer.decode([t]) for t in ids_a],
-                                    [loaded.tokenizer.decode([t]) for t in ids_b])
+                sessions.run_prefix_comparison(session, loaded, text_a, text_b, block_size)
         except KvvizError as error:
             st.error(str(error))
     comparison = session.prefix
@@ -285,7 +277,7 @@ def pressure_area() -> None:
     st.caption("vLLM prints this figure at start-up. It is computed here from the model's public config and "
                "kvviz's KV formula (the Memory page's), not measured: vLLM also sets memory aside for activations "
                "and CUDA graphs, so the real pool is somewhat smaller.")
-    presets = [spec for spec in all_presets() if not any(g.kind == "sliding" for g in spec.groups)]
+    presets = projectable_presets()
     names = [spec.key for spec in presets]
     left, middle, right = st.columns(3)
     key = left.selectbox("Model (public config)", names, index=names.index("llama-3.1-8b"),
@@ -301,8 +293,7 @@ def pressure_area() -> None:
                                  key="serving_projection_tokens",
                                  help=f"vLLM uses --max-model-len; this model's context is {spec.max_context:,}.")
     try:
-        projection = project_concurrency(spec, CACHE_PRECISIONS[cache], GPUS[gpu_key].memory_bytes,
-                                         weights_bytes(spec.parameters, BF16), utilisation, int(tokens))
+        projection = project_on_gpu(spec, cache, gpu_key, utilisation, int(tokens))
         st.metric(f"{spec.name} on one {GPUS[gpu_key].name}", f"{projection.max_concurrency:,.2f}×",
                   help="Requests of that many tokens the pool holds at once, all at full length.")
         st.markdown(report.concurrency_sentence(projection))

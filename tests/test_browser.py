@@ -92,8 +92,8 @@ def test_speed_page_stop_ends_a_running_benchmark_in_a_real_browser(tmp_path, re
 
         page.click("Run benchmark")
         progress = tab.get_by_test_id("stProgress")
-        # Stop once the naive run has finished and the next path's timed run is under way. Naive's 1,020 steps take
-        # a minute on a quiet 2-core machine and several on a busy one: the wait allows for that.
+        # Stop once the naive run has finished and the next path's timed run is under way. On a busy 2-core machine
+        # naive's 1,020 steps were seen to take over three minutes: the wait allows for that.
         expect(progress).to_contain_text("dynamic: run 1/3", timeout=3 * STEP_TIMEOUT_MS)
         page.click("Stop")
         tab.get_by_text("Stopped. Showing the runs that finished before the stop.").wait_for(

@@ -180,3 +180,19 @@ def trace_concurrency(trace: ServingTrace, tokens_per_request: int | None = None
     tokens = tokens_per_request or trace.context_length
     return _projection("live pool", trace.model, trace.dtype, trace.block_size, trace.block_bytes // trace.block_size,
                        trace.block_bytes, trace.num_blocks, tokens)
+
+
+def projectable_presets() -> list[ModelSpec]:
+    """The public presets ``project_concurrency`` can size: those without sliding-window layers."""
+    from kvviz.kv_configs import all_presets
+
+    return [spec for spec in all_presets() if not any(group.kind == "sliding" for group in spec.groups)]
+
+
+def project_on_gpu(spec: ModelSpec, cache_dtype: str, gpu_key: str, memory_utilization: float,
+                   tokens_per_request: int) -> ConcurrencyProjection:
+    """``project_concurrency`` for a preset with bfloat16 weights on one GPU of kvviz's table (``GPUS``)."""
+    from kvviz.kv_formula import BF16, CACHE_PRECISIONS, GPUS, weights_bytes
+
+    return project_concurrency(spec, CACHE_PRECISIONS[cache_dtype], GPUS[gpu_key].memory_bytes,
+                               weights_bytes(spec.parameters, BF16), memory_utilization, tokens_per_request)

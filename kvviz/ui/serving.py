@@ -16,13 +16,22 @@ from typing import Any, Callable, Literal, Sequence
 import streamlit as st
 
 from kvviz.charts.style import token_label
-from kvviz.errors import KvvizError
+from kvviz.errors import InputError, KvvizError
 from kvviz.models import LoadedModel
 from kvviz.serving.accounting import default_pool_blocks
-from kvviz.serving.engine import ServingScenario, run_sequential
 from kvviz.serving.block_size import block_size_sweep
-from kvviz.serving.records import BlockSizePoint, PressureRun, PrefixComparison, PromptDesignRun, SequentialRun, ServingRequest
+from kvviz.serving.engine import ServingScenario, run_sequential
+from kvviz.serving.prefix import compare_prefix
+from kvviz.serving.records import (
+    BlockSizePoint,
+    PressureRun,
+    PrefixComparison,
+    PromptDesignRun,
+    SequentialRun,
+    ServingRequest,
+)
 from kvviz.serving.workload import demo_requests
+from kvviz.stepper import encode_prompt
 
 MessageLevel = Literal["info", "warning", "error"]
 _SESSION_KEY = "kvviz_serving"
@@ -67,11 +76,6 @@ def scenario_requests(loaded: LoadedModel, settings: ScenarioSettings) -> list[S
     return demo_requests(loaded, settings.requests, settings.new_tokens, settings.arrive_every)
 
 
-def pool_blocks_for(requests: Sequence[ServingRequest], block_size: int) -> int:
-    """Room for every request at its full length at once, with the scheduler's 15 % free margin."""
-    return default_pool_blocks([r.max_cache_tokens for r in requests], block_size)
-
-
 def _show_latest() -> None:
     """After a new step the step slider starts again at the latest step (it keeps a value the user chose only
     until the run moves on)."""
@@ -102,7 +106,8 @@ def on_start(loaded: LoadedModel, read_settings: Callable[[], ScenarioSettings])
 
     def start() -> None:
         requests = scenario_requests(loaded, settings)
-        blocks = settings.pool_blocks or pool_blocks_for(requests, settings.block_size)
+        blocks = settings.pool_blocks or default_pool_blocks([r.max_cache_tokens for r in requests],
+                                                              settings.block_size)
         session.scenario = ServingScenario(loaded, requests, block_size=settings.block_size, num_blocks=blocks,
                                            prefix_sharing=settings.prefix_sharing)
         session.settings = settings
@@ -165,6 +170,17 @@ def compare_sequential(session: ServingSession, loaded: LoadedModel) -> None:
 def sweep_block_sizes(session: ServingSession, loaded: LoadedModel, settings: ScenarioSettings) -> None:
     """The scenario's requests served once per block size (each with room for every request)."""
     session.block_sweep = _attempt(session, lambda: block_size_sweep(loaded, scenario_requests(loaded, settings)))
+
+
+def run_prefix_comparison(session: ServingSession, loaded: LoadedModel, text_a: str, text_b: str,
+                          block_size: int) -> None:
+    """Prompt B after prompt A beside B alone (``compare_prefix``); keeps both prompts' token texts for the view."""
+    if not text_a.strip() or not text_b.strip():
+        raise InputError("Both prompts need some text.")
+    ids_a, ids_b = encode_prompt(loaded, text_a), encode_prompt(loaded, text_b)
+    session.prefix = compare_prefix(loaded, ids_a, ids_b, block_size=block_size)
+    session.prefix_texts = ([loaded.tokenizer.decode([t]) for t in ids_a],
+                            [loaded.tokenizer.decode([t]) for t in ids_b])
 
 
 def settings_changed(session: ServingSession, settings: ScenarioSettings) -> bool:
