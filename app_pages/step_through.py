@@ -27,11 +27,13 @@ from kvviz.share import (
     TOP_K_MAX,
     LinkState,
 )
+from kvviz.share import PANELS as SHARE_PANELS
 from kvviz.stepper import DEFAULT_PROMPT, Sampling
 from kvviz.trace_analysis import timing_summary
 from kvviz.ui import presenter, share_links
 from kvviz.ui import session as sessions
 from kvviz.ui import step_widgets as widgets
+from kvviz.ui import surgery
 from kvviz.ui.resources import get_model
 
 OTHER_MODEL = "other"
@@ -151,7 +153,7 @@ if loaded is not None:
 sessions.apply_max_new_tokens(session, settings["max_new_tokens"])
 
 
-PANELS = ["KV cache", "Attention", "Cost per step"]
+PANELS = list(SHARE_PANELS.values())  # the tab labels; a share link names them by their keys
 
 
 def cache_panel(trace: Trace) -> None:
@@ -329,7 +331,7 @@ def stepping_area(loaded: LoadedModel, settings: dict) -> None:
 
     # Only the open tab is drawn: redrawing a Plotly chart after every token costs the browser 50-250 ms on a small
     # CPU, so three charts at a time instead of eight keep a step close to the model's own time.
-    cache_tab, attention_tab, cost_tab = st.tabs(PANELS, key="panel", on_change="rerun")
+    cache_tab, attention_tab, cost_tab, surgery_tab = st.tabs(PANELS, key="panel", on_change="rerun")
     if cache_tab.open:
         with cache_tab:
             cache_panel(trace)
@@ -339,6 +341,9 @@ def stepping_area(loaded: LoadedModel, settings: dict) -> None:
     if cost_tab.open:
         with cost_tab:
             cost_panel(trace)
+    if surgery_tab.open:
+        with surgery_tab:
+            surgery.surgery_panel(session)
 
     if session.play_remaining > 0:
         widgets.rerun_fragment()

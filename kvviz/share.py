@@ -26,7 +26,9 @@ MAX_NEW_TOKENS_MAX = 4096
 # Opening a link replays every step on the server before the page shows it; this bounds that wait (on a 2-core
 # CPU SmolLM2 takes ~60 ms per cached step, several times that with the naive comparison on).
 LINK_MAX_STEPS = 256
-PANELS = {"cache": "KV cache", "attention": "Attention", "cost": "Cost per step"}  # link value -> tab label
+PANELS = {  # link value -> tab label
+    "cache": "KV cache", "attention": "Attention", "cost": "Cost per step", "surgery": "Cache surgery",
+}
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 _KNOWN = {"model", "prompt", "chat", "steps", "temperature", "top_k", "seed", "compare", "layer", "tab", "present"}
