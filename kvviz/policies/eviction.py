@@ -178,6 +178,12 @@ class PolicyCache(DynamicCache):
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers
                    if getattr(layer, "is_initialized", False))
 
+    def held_positions(self, layer_idx: int, head: int) -> tuple[int, ...]:
+        """The original positions one layer holds in one KV head, ascending."""
+        if layer_idx not in self.positions:
+            return ()
+        return tuple(int(p) for p in self.positions[layer_idx][head].tolist())
+
 
 class AttentionMass:
     """A per-call attention recorder (see ``kvviz/attention.py``) that adds attention mass into a PolicyCache.

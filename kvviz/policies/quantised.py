@@ -67,6 +67,10 @@ class QuantisedPolicyCache(QuantizedCache):
     def bytes_held(self) -> int:
         return sum(self.layer_bytes(layer) for layer in self.layers)
 
+    def held_positions(self, layer_idx: int, head: int) -> tuple[int, ...]:
+        """Every position fed so far: a quantised cache evicts nothing."""
+        return tuple(range(self.next_position))
+
     def holdings(self) -> list[LayerHolding]:
         every = tuple(range(self.next_position))
         return [LayerHolding(index, (every,) * self.kv_heads if self.layer_bytes(layer) else (),

@@ -45,9 +45,18 @@ class PolicyScore:
     ms_per_token: float
     tokens_scored: int
     holdings: tuple[LayerHolding, ...] = ()
+    nll_per_token: tuple[float, ...] = ()  # the negative log-likelihood of each scored token, nats
+    kl_per_token: tuple[float, ...] = ()  # KL(full ‖ policy) at each scored token, nats
+    watched: tuple[tuple[int, ...], ...] = ()  # after each call: the positions held in the watched layer and head
+
+    @property
+    def label(self) -> str:
+        """'sinks@64' for an evicting policy, the name alone for one that holds every token."""
+        return self.name if self.budget_tokens is None or self.name == "full" else f"{self.name}@{self.budget_tokens}"
 
     def to_dict(self, with_holdings: bool = False) -> dict[str, Any]:
-        out = {key: value for key, value in asdict(self).items() if key != "holdings"}
+        out = {key: value for key, value in asdict(self).items()
+               if key not in ("holdings", "nll_per_token", "kl_per_token", "watched")}
         if with_holdings:
             out["holdings"] = [
                 {"layer": h.layer, "bytes": h.bytes,
@@ -69,6 +78,12 @@ class PolicyComparison:
     dtype: str
     policies: tuple[PolicyScore, ...]
     wall_seconds: float
+    watch: tuple[int, int] | None = None  # (layer, KV head) whose held positions each score's ``watched`` lists
+
+    @property
+    def scored(self) -> int:
+        """Next tokens scored so far (all after the prompt once the run has finished)."""
+        return self.policies[0].tokens_scored if self.policies else 0
 
     def to_dict(self, with_holdings: bool = False) -> dict[str, Any]:
         return {

@@ -1,0 +1,65 @@
+"""Cache policies and cache surgery in a real browser on the default SmolLM2.
+
+A two-policy comparison (window and sinks) runs to its end and draws its views; on the Step through page, surgery
+on a copy of the cache moves the next-token distribution while the session's own next token stays. Waits for states
+(a text, a count), never for a fixed time. Skipped without Chromium unless ``KVVIZ_REQUIRE_BROWSER``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app_driver import STEP_TIMEOUT_MS, app_in_browser
+
+pytestmark = pytest.mark.browser
+
+
+def _set_number(main, label: str, value: int) -> None:
+    field = main.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, require_browser):
+    from playwright.sync_api import expect
+
+    with app_in_browser(tmp_path / "streamlit.log") as (url, browser):
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{url}/cache_policies")
+        main = page.get_by_test_id("stMainBlockContainer")
+        run = main.get_by_role("button", name="Run the comparison", exact=True)
+        expect(run).to_be_enabled(timeout=STEP_TIMEOUT_MS)
+        _set_number(main, "Tokens of the text", 96)
+        expect(main.get_by_label("Tokens of the text", exact=True)).to_have_value("96")
+        run.click()
+        expect(main.get_by_text(re.compile(r"^80 of 80 next tokens scored"))).to_be_visible(timeout=STEP_TIMEOUT_MS)
+        expect(main.get_by_role("button", name="Stop", exact=True)).to_be_disabled(timeout=STEP_TIMEOUT_MS)
+        sentence = main.get_by_text(re.compile(r"^At a budget of 64 tokens, perplexity with the window alone is"))
+        expect(sentence).to_have_count(1)
+        for title in ("Does quality hold once the cache is full?", "What does each policy cost in memory",
+                      "What does window@64 keep?", "Where does 2-bit rounding hurt?"):
+            expect(main.locator(".gtitle", has_text=title)).to_have_count(1, timeout=STEP_TIMEOUT_MS)
+        page.screenshot(path=str(tmp_path / "policies.png"), full_page=True)
+
+        page.goto(url)
+        main = page.get_by_test_id("stMainBlockContainer")
+        prefill = main.get_by_role("button", name="Prefill", exact=True)
+        expect(prefill).to_be_enabled(timeout=STEP_TIMEOUT_MS)
+        prefill.click()
+        expect(main.get_by_text(re.compile(r"^prefill · \d+ tokens in the cache"))).to_be_visible(
+            timeout=STEP_TIMEOUT_MS)
+        page.get_by_role("tab", name="Cache surgery").click()
+        expect(main.get_by_text("Apply surgery", exact=False).first).to_be_visible(timeout=STEP_TIMEOUT_MS)
+        main.get_by_role("button", name="Zero their keys and values").click()
+        chips = main.get_by_test_id("stButtonGroup").last.get_by_role("button")
+        expect(chips.first).to_be_visible(timeout=STEP_TIMEOUT_MS)
+        for index in range(chips.count()):  # every position before the newest token
+            chips.nth(index).click()
+        main.get_by_role("button", name="Apply surgery", exact=True).click()
+        result = main.get_by_text(re.compile(r"with the untouched cache, '.*' \(\d+\.\d%\) after zero their keys"))
+        expect(result).to_have_count(1, timeout=STEP_TIMEOUT_MS)
+        expect(main.get_by_text("The next token changed", exact=False)).to_have_count(1)
+        expect(main.get_by_text(re.compile(r"^prefill · \d+ tokens in the cache"))).to_have_count(1)
+        page.screenshot(path=str(tmp_path / "surgery.png"), full_page=True)
