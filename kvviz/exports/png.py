@@ -1,4 +1,4 @@
-"""The Plotly config every chart is drawn with: its modebar's "Download plot as png" button, with a file name that
+"""The Plotly config every chart is drawn with: its toolbar's "Download plot as a PNG" button, with a file name that
 says what the chart is.
 
 Plotly draws the PNG in the browser, so the server needs no image renderer. What it does not do: draw or render
