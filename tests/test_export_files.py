@@ -271,3 +271,37 @@ def test_fields_a_replay_does_not_need_are_ignored(greedy_json):
     data["extra"] = {"anything": [1, 2, 3]}
     recorded = read_trace_file(json.dumps(data), ALLOWED)
     assert len(recorded.steps) == 7
+
+
+def _paths(value, prefix=()):
+    """Every path to a value inside a JSON document (objects and lists walked)."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:3]):
+            yield from _paths(item, (*prefix, index))
+
+
+def test_any_field_replaced_by_any_json_value_reads_or_gives_a_sentence(greedy_json):
+    """Every field of a real file (the first steps' too), replaced in turn by each kind of JSON value: the reader
+    returns a file or raises ``InputError``, never anything else."""
+    good = json.loads(greedy_json)
+    replacements = [None, True, False, 0, -1, 2**70, 1.5, "", "x", [], [1], {}, {"a": 1}]
+    tried = refused = 0
+    for path in _paths(good):
+        if not path:
+            continue
+        for replacement in replacements:
+            data = json.loads(greedy_json)
+            target = data
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = replacement
+            tried += 1
+            try:
+                read_trace_file(json.dumps(data), ALLOWED)
+            except InputError:
+                refused += 1
+    assert tried > 1000 and 0 < refused < tried
