@@ -305,3 +305,13 @@ def test_any_field_replaced_by_any_json_value_reads_or_gives_a_sentence(greedy_j
             except InputError:
                 refused += 1
     assert tried > 1000 and 0 < refused < tried
+
+
+def test_reading_and_writing_files_needs_neither_the_model_stack_nor_streamlit():
+    import subprocess
+    import sys
+
+    code = ("import sys, kvviz.exports.trace_file, kvviz.exports.table, kvviz.exports.png\n"
+            "loaded = sorted({'torch', 'transformers', 'streamlit'} & set(sys.modules))\n"
+            "assert not loaded, f'imported {loaded}'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
