@@ -315,3 +315,20 @@ def test_reading_and_writing_files_needs_neither_the_model_stack_nor_streamlit()
             "loaded = sorted({'torch', 'transformers', 'streamlit'} & set(sys.modules))\n"
             "assert not loaded, f'imported {loaded}'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_report_says_why_it_has_no_attention_charts(tiny_llama):
+    stepper, trace = start_trace(tiny_llama, "No attention", compare=False, sampling=Sampling(),
+                                 capture_attention=False, max_new_tokens=8)
+    trace.append(stepper.step())
+    settings = settings_of("tiny-llama", dict(prompt="No attention", chat_template=False, compare=False,
+                                              sampling=Sampling(), max_new_tokens=8))
+    page = report_html(trace, settings)
+    assert page.count("Plotly.newPlot") == 6 and "recorded without attention weights" in page
+    # Capture on for the prefill, then off (as the page does past its attention budget).
+    stepper, trace = start_trace(tiny_llama, "Some attention", compare=False, sampling=Sampling(),
+                                 capture_attention=True, max_new_tokens=8)
+    stepper.capture_attention = False
+    trace.append(stepper.step())
+    page = report_html(trace, settings)
+    assert f"Attention capture stopped at {trace.records[0].sequence_length} tokens" in page

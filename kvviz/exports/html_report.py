@@ -133,7 +133,12 @@ def _charts_html(trace: Trace, layer: int | None) -> list[str]:
             figures[name], full_html=False, include_plotlyjs=position == 0, include_mathjax=False,
             config=chart_config(name), div_id=f"kvviz-{name}") + "</div>")
     if not layers:
-        out.append("<p>This trace was recorded without attention weights, so it has no attention charts.</p>")
+        captured = trace.with_attention()
+        if captured.records:  # capture stopped at the session's memory limit part-way through the trace
+            out.append(f"<p>Attention capture stopped at {captured.records[-1].sequence_length:,} tokens (its memory "
+                       "limit), so the report has no attention charts.</p>")
+        else:
+            out.append("<p>This trace was recorded without attention weights, so it has no attention charts.</p>")
     return out
 
 
