@@ -175,3 +175,12 @@ def test_every_chart_on_the_page_has_a_named_png_download(panel):
                 "Attention": {"kvviz-attention-layer", "kvviz-attention-layers"},
                 "Cost per step": {"kvviz-work", "kvviz-latency", "kvviz-cumulative"}}[panel]
     assert names == expected | {"kvviz-candidates"}
+
+
+def test_the_surgery_chart_has_a_named_png_download():
+    at = click(click(open_page(panel="Cache surgery"), "prefill"), "next")
+    at.pills(key="surgery_positions").set_value([0, 1]).run()
+    click(at, "surgery_apply")
+    configs = [json.loads(chart.proto.config) for chart in at.get("plotly_chart")]
+    assert {config["toImageButtonOptions"]["filename"] for config in configs} == {"kvviz-candidates",
+                                                                                  "kvviz-surgery"}
