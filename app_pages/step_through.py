@@ -30,7 +30,7 @@ from kvviz.share import (
 from kvviz.share import PANELS as SHARE_PANELS
 from kvviz.stepper import DEFAULT_PROMPT, Sampling
 from kvviz.trace_analysis import timing_summary
-from kvviz.ui import presenter, share_links
+from kvviz.ui import exports, presenter, share_links
 from kvviz.ui import session as sessions
 from kvviz.ui import step_widgets as widgets
 from kvviz.ui import surgery
@@ -140,6 +140,9 @@ with st.sidebar:
     st.toggle("Presenter mode", value=False, key=presenter.KEY,
               help="Large type, high-contrast colours and keyboard shortcuts for the step buttons: "
                    + presenter.shortcut_help() + ". A link with present=1 opens in it, with the sidebar closed.")
+
+    st.header("Trace file")
+    exports.import_controls(loaded, lambda: read_settings(loaded))
 
 presenter.apply_style()
 
@@ -299,6 +302,7 @@ def stepping_area(loaded: LoadedModel, settings: dict) -> None:
         link = share_links.current_state(settings)
         share_links.sync_url(link)
         share_links.show_link(link)
+        exports.export_controls(session)
 
     widgets.show_message(session)
     if sessions.settings_changed(session, loaded, **settings):

@@ -16,6 +16,7 @@ from streamlit.errors import StreamlitAPIException
 from kvviz.charts.step import cache_geometry, shape_text
 from kvviz.charts.style import GENERATED, NEWEST, PROMPT, token_label
 from kvviz.errors import KvvizError
+from kvviz.exports.png import chart_config
 from kvviz.kv_formula import format_bytes
 from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
@@ -175,11 +176,11 @@ def show_message(session: SessionTrace) -> None:
 
 
 def show_figure(fig: go.Figure, key: str) -> None:
-    """A chart under its own key: two charts with identical figures (two empty states) must not share an id. In
-    presenter mode its text is enlarged."""
+    """A chart under its own key: two charts with identical figures (two empty states) must not share an id. Its
+    toolbar downloads it as a PNG named after the key; in presenter mode its text is enlarged."""
     if presenter.presenting():
         presenter.enlarge(fig)
-    st.plotly_chart(fig, key=key, config={"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]})
+    st.plotly_chart(fig, key=key, config=chart_config(key))
 
 
 def rerun_fragment() -> None:

@@ -14,6 +14,7 @@ import streamlit as st
 from kvviz.charts.style import measured_on, token_label
 from kvviz.charts.surgery import surgery_figure
 from kvviz.errors import KvvizError
+from kvviz.exports.png import chart_config
 from kvviz.surgery import ACTION_LABELS, ACTIONS, SurgeryOp, SurgeryResult, run_surgery
 from kvviz.ui.session import SessionTrace
 
@@ -112,7 +113,6 @@ def show_result(result: SurgeryResult, measured: str) -> None:
         st.caption("A zero key still scores 0 against the query, so the position keeps a share of the attention "
                    "(exp(0) against the others' exp(score)); its zero value adds nothing for that share. Zeroing is "
                    "therefore not the same as dropping.")
-    st.plotly_chart(surgery_figure(result, measured), key="surgery_chart",
-                    config={"displaylogo": False})
+    st.plotly_chart(surgery_figure(result, measured), key="surgery_chart", config=chart_config("surgery"))
     st.caption(f"Check: the unchanged copy reproduces the session's own next-token logits to within "
                f"{result.untouched_diff:.1e} (largest difference).")
