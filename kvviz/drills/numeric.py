@@ -213,9 +213,10 @@ def fill(template: NumericTemplate, seed: int, live: LiveModel | None = None) ->
     unit_kind_name, size = unit_kind(template.unit)
     if unit_kind_name != kind:
         raise InputError(f"Drill '{template.id}' asks in {template.unit} for a quantity measured in {kind}.")
-    fields = {"model": drawn.spec.name, "geometry": drawn.spec.geometry(), "dtype": drawn.precision.label,
-              "note": drawn.spec.note.rstrip("."), "layers": drawn.spec.layers,
-              "working": computed.working, **drawn.params, **computed.fields}
+    fields = {**drawn.params, "model": drawn.spec.name, "geometry": drawn.spec.geometry(),
+              "dtype": drawn.precision.label,  # the label says the bytes per element; the key alone does not
+              "note": drawn.spec.note.rstrip("."), "layers": drawn.spec.layers, "working": computed.working,
+              **computed.fields}
     answer = computed.value / size
     return NumericQuestion(
         id=template.id, topic=template.topic, prompt=template.prompt.format(**fields), answer=answer,

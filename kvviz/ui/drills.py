@@ -1,0 +1,143 @@
+"""Drills-page state: the seed read from (and written to) the URL, practice answers, and one mock interview per
+browser session, with its clock.
+
+A session's mock interview keeps its own questions (drawn when it starts), so changing the seed or the model while
+it runs does not change what is being graded. Answers live in the widgets' session-state keys; ``finish_mock``
+reads them and grades them with ``kvviz.drills.mock.score_mock``.
+What it does not do: pick or grade questions itself (``kvviz.drills``), or lay anything out (``app_pages/drills.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import streamlit as st
+
+from kvviz.drills.bank import Bank
+from kvviz.drills.mock import MOCK_SECONDS, SEED_MAX, MockResult, mock_questions, parse_seed, score_mock
+from kvviz.drills.numeric import LiveModel
+from kvviz.drills.records import ChoiceQuestion, Grade, Question
+from kvviz.drills.grading import grade
+
+SEED_KEY = "drills_seed"
+_OPENED = "drills_link_read"
+_MESSAGE = "drills_link_message"
+_MOCK = "kvviz_drills_mock"
+_PRACTICE = "kvviz_drills_practice"  # question id -> Grade of the last check
+
+
+def answer_key(prefix: str, question_id: str) -> str:
+    return f"drills_{prefix}_{question_id}"
+
+
+def open_seed() -> str:
+    """On this session's first run: the URL's seed (or a fresh one) into the seed widget's key; the message for a
+    seed the page could not use ('' when it could). Every run writes the seed in use back into the URL."""
+    if not st.session_state.get(_OPENED):
+        st.session_state[_OPENED] = True
+        fresh = random.SystemRandom().randint(0, 999_999)
+        seed, message = parse_seed(st.query_params.get_all("seed") or None, fresh)
+        st.session_state[SEED_KEY] = seed
+        st.session_state[_MESSAGE] = message
+    return str(st.session_state.get(_MESSAGE, ""))
+
+
+def sync_url(seed: int) -> None:
+    if st.query_params.get("seed") != str(seed):
+        st.query_params["seed"] = str(seed)
+
+
+def current_seed() -> int:
+    value = st.session_state.get(SEED_KEY, 0)
+    return int(value) if 0 <= int(value) <= SEED_MAX else 0
+
+
+# ----- practice -------------------------------------------------------------------------------------------------
+
+def practice_grades() -> dict[str, Grade]:
+    return st.session_state.setdefault(_PRACTICE, {})
+
+
+def check_practice(question: Question) -> None:
+    """Button callback: grade the answer in the question's widget and keep the grade for the page to show."""
+    practice_grades()[question.id] = grade(question, st.session_state.get(answer_key("practice", question.id)))
+
+
+# ----- mock interview -------------------------------------------------------------------------------------------
+
+@dataclass
+class MockSession:
+    seed: int
+    questions: list[Question]
+    started: float  # time.monotonic() at the start
+    limit: float = MOCK_SECONDS
+    result: MockResult | None = None
+
+    def elapsed(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.started
+
+    def remaining(self, now: float | None = None) -> float:
+        return max(0.0, self.limit - self.elapsed(now))
+
+
+def get_mock() -> MockSession | None:
+    return st.session_state.get(_MOCK)
+
+
+def start_mock(bank: Bank, seed: int, live: LiveModel | None, clock: Callable[[], float] = time.monotonic) -> None:
+    """Button callback: a new interview of ``seed``'s 10 questions, its answers cleared and its clock started."""
+    questions = mock_questions(bank, seed, live)
+    for number in range(1, len(questions) + 1):
+        st.session_state.pop(answer_key("mock", str(number)), None)
+    st.session_state[_MOCK] = MockSession(seed, questions, clock())
+
+
+def finish_mock(clock: Callable[[], float] = time.monotonic) -> None:
+    """Button callback (and the timer's end): grade what was answered, once."""
+    mock = get_mock()
+    if mock is None or mock.result is not None:
+        return
+    answers = [st.session_state.get(answer_key("mock", str(number)))
+               for number in range(1, len(mock.questions) + 1)]
+    mock.result = score_mock(mock.seed, mock.questions, answers, mock.elapsed(clock()), mock.limit)
+
+
+def clear_mock() -> None:
+    st.session_state.pop(_MOCK, None)
+
+
+def is_choice(question: Question) -> bool:
+    return isinstance(question, ChoiceQuestion)
+
+
+# ----- shared widgets -------------------------------------------------------------------------------------------
+
+def answer_widget(question: Question, key: str, label: str, disabled: bool = False) -> None:
+    """The question's answer input: one radio option per choice (nothing chosen at first), or a text box."""
+    st.markdown(f"**{label}** {question.prompt}" if label else question.prompt)
+    if isinstance(question, ChoiceQuestion):
+        options = question.options
+        st.radio("Your answer", list(range(len(options))), index=None, key=key, disabled=disabled,
+                 format_func=lambda index: options[index].text, label_visibility="collapsed")
+    else:
+        st.text_input(f"Your answer (in {question.unit}; other units of the same kind are converted)", key=key,
+                      disabled=disabled, placeholder=f"e.g. 12.5 {question.unit}")
+
+
+def show_answer(question: Question, verdict: Grade) -> None:
+    """The verdict, why every option is right or wrong (or the working), and the link to the view that shows it."""
+    from kvviz.drills.links import describe
+
+    (st.success if verdict.correct else st.error)(verdict.message)
+    if isinstance(question, ChoiceQuestion):
+        lines = [f"- {'✅' if option.correct else '❌'} **{option.text}** {option.explanation}"
+                 for option in question.options]
+        st.markdown("\n".join(lines))
+    else:
+        st.markdown(question.explanation)
+    if question.misconception:
+        st.caption(f"The misconception this confronts: “{question.misconception}”")
+    st.markdown(f"See it in the app: [{describe(question.link)}]({question.link.href})")
