@@ -74,7 +74,7 @@ def clock(mock: ui.MockSession) -> None:
         ui.finish_mock()
         st.rerun()
     minutes, seconds = divmod(int(left), 60)
-    st.markdown(f"⏱️ **{minutes}:{seconds:02d}** left")
+    st.markdown(f":material/timer: **{minutes}:{seconds:02d}** left")
 
 
 def mock_interview() -> None:
@@ -103,9 +103,8 @@ def mock_interview() -> None:
     for item in result.missed:
         with st.container(border=True):
             st.markdown(f"**{item.number}.** {item.question.prompt}")
-            given = item.grade.given or "(no answer)"
-            st.markdown(f"Your answer: {given} · Correct: **{item.grade.expected}**")
-            ui.show_answer(item.question, item.grade)
+            st.error(f"Your answer: {item.grade.given or '(none)'} · Correct: **{item.grade.expected}**")
+            ui.show_answer(item.question, None)
     st.button("New interview", key="drills_mock_again", on_click=ui.clear_mock)
 
 

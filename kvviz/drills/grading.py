@@ -68,6 +68,11 @@ def format_answer(value: float, unit: str) -> str:
     return f"{text} {unit}"
 
 
+def percent(share: float) -> str:
+    """'1 %', '0.1 %': a relative tolerance as people write it."""
+    return f"{share * 100:g} %"
+
+
 def grade_numeric(question: NumericQuestion, text: str | None) -> Grade:
     expected = format_answer(question.answer, question.unit)
     if text is None or not text.strip():
@@ -78,9 +83,9 @@ def grade_numeric(question: NumericQuestion, text: str | None) -> Grade:
     tolerance = question.tolerance * abs(question.answer)
     correct = abs(value - question.answer) <= tolerance
     if correct:
-        return Grade(True, True, text.strip(), expected, f"Right: {expected} (within ±{question.tolerance:.0%}).")
+        return Grade(True, True, text.strip(), expected, f"Right: {expected} (within ±{percent(question.tolerance)}).")
     return Grade(False, True, text.strip(), expected,
-                 f"Not quite: {format_answer(value, question.unit)} is off by more than {question.tolerance:.0%}; "
+                 f"Not quite: {format_answer(value, question.unit)} is off by more than {percent(question.tolerance)}; "
                  f"the answer is {expected}.")
 
 

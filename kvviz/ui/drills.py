@@ -127,13 +127,16 @@ def answer_widget(question: Question, key: str, label: str, disabled: bool = Fal
                       disabled=disabled, placeholder=f"e.g. 12.5 {question.unit}")
 
 
-def show_answer(question: Question, verdict: Grade) -> None:
-    """The verdict, why every option is right or wrong (or the working), and the link to the view that shows it."""
+def show_answer(question: Question, verdict: Grade | None) -> None:
+    """The verdict (unless None), why every option is right or wrong (or the working), and the link to the view
+    that shows it."""
     from kvviz.drills.links import describe
 
-    (st.success if verdict.correct else st.error)(verdict.message)
+    if verdict is not None:
+        (st.success if verdict.correct else st.error)(verdict.message)
     if isinstance(question, ChoiceQuestion):
-        lines = [f"- {'✅' if option.correct else '❌'} **{option.text}** {option.explanation}"
+        lines = [f"- {':green[:material/check_circle:]' if option.correct else ':red[:material/cancel:]'} "
+                 f"**{option.text}** {option.explanation}"
                  for option in question.options]
         st.markdown("\n".join(lines))
     else:
