@@ -37,10 +37,12 @@ with st.container(border=True):
     left, middle, right = st.columns([1, 1.4, 1.2])
     seed = int(left.number_input("Seed", min_value=0, max_value=SEED_MAX, step=1, key=ui.SEED_KEY,
                                  help="The same seed gives the same questions and numbers to everyone."))
-    model_key = middle.selectbox("Live model (numeric questions about it)", list(REGISTRY),
-                                 index=list(REGISTRY).index(DEFAULT_MODEL), key="drills_model")
-    mode = right.segmented_control("Mode", ["Practice", "Mock interview"], default="Practice", key="drills_mode")
+    st.session_state.setdefault("drills_model", DEFAULT_MODEL)
+    model_key = middle.selectbox("Live model (numeric questions about it)", list(REGISTRY), key="drills_model")
+    st.session_state.setdefault("drills_mode", "Practice")
+    mode = right.segmented_control("Mode", ["Practice", "Mock interview"], key="drills_mode")
 ui.sync_url(seed)
+ui.keep_widgets()
 
 try:
     loaded = get_model(model_key)
@@ -55,10 +57,11 @@ def practice() -> None:
     counts = bank.topic_counts()
     topic = st.selectbox("Topic", list(titles), key="drills_topic",
                          format_func=lambda key: f"{titles[key]} ({counts[key]})")
+    ui.keep_widgets(("drills_topic",))
     grades = ui.practice_grades()
     for question in topic_questions(bank, topic, seed, live):
         with st.container(border=True):
-            ui.answer_widget(question, ui.answer_key("practice", question.id), "")
+            ui.answer_widget(question, ui.answer_key("practice", question.id))
             st.button("Check", key=f"drills_check_{question.id}", on_click=ui.check_practice, args=(question,))
             if question.id in grades:
                 ui.show_answer(question, grades[question.id])
@@ -88,9 +91,12 @@ def mock_interview() -> None:
     if mock.result is None:
         st.caption(f"Seed {mock.seed}. Answer what you can, then finish; unanswered questions count as missed.")
         clock(mock)
+        ui.restore_widgets(ui.mock_keys(mock))
         for number, question in enumerate(mock.questions, start=1):
             with st.container(border=True):
-                ui.answer_widget(question, ui.answer_key("mock", str(number)), f"{number}.")
+                ui.answer_widget(question, ui.answer_key("mock", str(number)), number)
+        ui.keep_widgets(ui.mock_keys(mock))
+        st.caption(f"{ui.answered(ui.mock_keys(mock))} of {len(mock.questions)} answered")
         st.button("Finish and score", key="drills_mock_finish", type="primary", on_click=ui.finish_mock)
         return
     result = mock.result

@@ -1,5 +1,6 @@
 """The Drills page in a real browser on the default SmolLM2: a seed link shows the questions the engine draws for it,
-a bad seed is replaced and said so, the mock interview runs to its score, and a review link opens its page.
+a bad seed is replaced and said so, the mock interview keeps its answers across a visit to another page and runs to
+its score, and a review link opens its page.
 
 Needs Debian's Chromium, like ``test_browser.py`` (skipped without it unless ``KVVIZ_REQUIRE_BROWSER=1``).
 """
@@ -16,6 +17,7 @@ from kvviz.drills.bank import load_bank
 from kvviz.drills.links import PAGE_TITLES, known_pages
 from kvviz.drills.mock import mock_questions, topic_questions
 from kvviz.drills.numeric import LiveModel
+from kvviz.drills.records import ChoiceQuestion
 
 pytestmark = pytest.mark.browser
 
@@ -53,15 +55,29 @@ def test_the_drills_page_runs_a_seeded_mock_interview_in_a_real_browser(tmp_path
         questions = mock_questions(bank, 5, live)
         for number, question in enumerate(questions, start=1):
             page.get_by_text(f"{number}. {question.prompt}", exact=True).wait_for()
+        # Answer the first question right, visit another page and come back: the seed, the interview and the
+        # answer are still there.
+        first = questions[0]
+        if isinstance(first, ChoiceQuestion):
+            page.get_by_text(first.options[first.correct_index].text, exact=True).click()
+        else:
+            page.get_by_label(re.compile(r"^Your answer to question 1 \(")).fill(f"{first.answer} {first.unit}")
+            page.keyboard.press("Enter")
+        page.get_by_text("1 of 10 answered", exact=True).wait_for()  # the server has the answer
+        page.get_by_test_id("stSidebarNav").get_by_text("Memory", exact=True).click()
+        page.get_by_role("heading", name=re.compile("^Memory")).first.wait_for(timeout=STEP_TIMEOUT_MS)
+        page.get_by_test_id("stSidebarNav").get_by_text("Drills", exact=True).click()
+        page.get_by_text(f"1. {first.prompt}", exact=True).wait_for(timeout=STEP_TIMEOUT_MS)
+        page.wait_for_function("() => /[?&]seed=5(&|$)/.test(window.location.search)", timeout=STEP_TIMEOUT_MS)
         page.get_by_role("button", name="Finish and score").click()
-        page.get_by_text(re.compile(r"^Score: 0 / 10 in \d+:\d\d; 10 left unanswered\.$")).wait_for()
-        expect(page.get_by_text(re.compile(r"^Your answer: \(none\) · Correct: "))).to_have_count(10)
+        page.get_by_text(re.compile(r"^Score: 1 / 10 in \d+:\d\d; 9 left unanswered\.$")).wait_for()
+        expect(page.get_by_text(re.compile(r"^Your answer: \(none\) · Correct: "))).to_have_count(9)
 
         # A review link opens the page it names.
         links = page.locator("a").filter(has_text=re.compile(r"^the .+ page"))
-        expect(links).to_have_count(10)
+        expect(links).to_have_count(9)
         hrefs = [links.nth(index).get_attribute("href") for index in range(links.count())]
-        assert len(hrefs) == 10
+        assert len(hrefs) == 9
         target = next(href for href in hrefs if href.startswith("./") and href[2:].split("?")[0] not in
                       ("", "lessons", "cache_policies"))
         name = target[2:].split("?")[0]

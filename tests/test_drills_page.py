@@ -106,6 +106,8 @@ def test_the_mock_interview_asks_10_questions_and_scores_and_reviews_them():
         else:
             value = question.answer if number <= 3 else question.answer * 3 + 7
             at.text_input(key=key).input(f"{value} {question.unit}")
+    at.run()
+    assert "5 of 10 answered" in [c.value for c in at.caption]
     at.button(key="drills_mock_finish").click().run()
     assert not at.exception
     assert at.subheader[0].value.startswith("Score: 3 / 10 in 0:")

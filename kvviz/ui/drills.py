@@ -33,19 +33,42 @@ def answer_key(prefix: str, question_id: str) -> str:
     return f"drills_{prefix}_{question_id}"
 
 
+WIDGET_KEYS = (SEED_KEY, "drills_model", "drills_mode", "drills_topic")
+_KEPT = "kvviz_drills_kept"  # widget key -> its last value, kept where Streamlit does not drop it
+
+
+def restore_widgets(keys: tuple[str, ...] = WIDGET_KEYS) -> None:
+    """Put back the values Streamlit dropped: it forgets a widget's state after a run that does not draw it, so
+    every visit to another page would reset the seed, the model and the interview's answers."""
+    kept = st.session_state.setdefault(_KEPT, {})
+    for key in keys:
+        if key not in st.session_state and key in kept:
+            st.session_state[key] = kept[key]
+
+
+def keep_widgets(keys: tuple[str, ...] = WIDGET_KEYS) -> None:
+    """Remember the widgets' current values (after they are drawn) for ``restore_widgets``."""
+    kept = st.session_state.setdefault(_KEPT, {})
+    for key in keys:
+        if key in st.session_state:
+            kept[key] = st.session_state[key]
+
+
 def open_seed() -> str:
     """On this session's first run: the URL's seed (or a fresh one) into the seed widget's key; the message for a
-    seed the page could not use ('' when it could). Every run writes the seed in use back into the URL."""
+    seed the page could not use ('' when it could)."""
     if not st.session_state.get(_OPENED):
         st.session_state[_OPENED] = True
         fresh = random.SystemRandom().randint(0, 999_999)
         seed, message = parse_seed(st.query_params.get_all("seed") or None, fresh)
         st.session_state[SEED_KEY] = seed
         st.session_state[_MESSAGE] = message
+    restore_widgets()
     return str(st.session_state.get(_MESSAGE, ""))
 
 
 def sync_url(seed: int) -> None:
+    """Every run writes the seed in use into the URL, so the address bar is always a link to this set."""
     if st.query_params.get("seed") != str(seed):
         st.query_params["seed"] = str(seed)
 
@@ -90,9 +113,16 @@ def get_mock() -> MockSession | None:
 def start_mock(bank: Bank, seed: int, live: LiveModel | None, clock: Callable[[], float] = time.monotonic) -> None:
     """Button callback: a new interview of ``seed``'s 10 questions, its answers cleared and its clock started."""
     questions = mock_questions(bank, seed, live)
-    for number in range(1, len(questions) + 1):
-        st.session_state.pop(answer_key("mock", str(number)), None)
-    st.session_state[_MOCK] = MockSession(seed, questions, clock())
+    mock = MockSession(seed, questions, clock())
+    kept = st.session_state.setdefault(_KEPT, {})
+    for key in mock_keys(mock):
+        st.session_state.pop(key, None)
+        kept.pop(key, None)
+    st.session_state[_MOCK] = mock
+
+
+def mock_keys(mock: MockSession) -> tuple[str, ...]:
+    return tuple(answer_key("mock", str(number)) for number in range(1, len(mock.questions) + 1))
 
 
 def finish_mock(clock: Callable[[], float] = time.monotonic) -> None:
@@ -100,8 +130,8 @@ def finish_mock(clock: Callable[[], float] = time.monotonic) -> None:
     mock = get_mock()
     if mock is None or mock.result is not None:
         return
-    answers = [st.session_state.get(answer_key("mock", str(number)))
-               for number in range(1, len(mock.questions) + 1)]
+    restore_widgets(mock_keys(mock))  # answers given before a visit to another page
+    answers = [st.session_state.get(key) for key in mock_keys(mock)]
     mock.result = score_mock(mock.seed, mock.questions, answers, mock.elapsed(clock()), mock.limit)
 
 
@@ -115,16 +145,24 @@ def is_choice(question: Question) -> bool:
 
 # ----- shared widgets -------------------------------------------------------------------------------------------
 
-def answer_widget(question: Question, key: str, label: str, disabled: bool = False) -> None:
-    """The question's answer input: one radio option per choice (nothing chosen at first), or a text box."""
-    st.markdown(f"**{label}** {question.prompt}" if label else question.prompt)
+def answer_widget(question: Question, key: str, number: int | None = None) -> None:
+    """The question (numbered in an interview) and its answer input: one radio option per choice, nothing chosen at
+    first, or a text box."""
+    st.markdown(f"**{number}.** {question.prompt}" if number else question.prompt)
+    label = "Your answer" + (f" to question {number}" if number else "")
     if isinstance(question, ChoiceQuestion):
         options = question.options
-        st.radio("Your answer", list(range(len(options))), index=None, key=key, disabled=disabled,
+        st.radio(label, list(range(len(options))), index=None, key=key,
                  format_func=lambda index: options[index].text, label_visibility="collapsed")
     else:
-        st.text_input(f"Your answer (in {question.unit}; other units of the same kind are converted)", key=key,
-                      disabled=disabled, placeholder=f"e.g. 12.5 {question.unit}")
+        st.text_input(f"{label} (in {question.unit}; other units of the same kind are converted)", key=key,
+                      placeholder=f"e.g. 12.5 {question.unit}")
+
+
+def answered(keys: tuple[str, ...]) -> int:
+    """How many of these answer widgets hold an answer."""
+    values = [st.session_state.get(key) for key in keys]
+    return sum(value is not None and str(value).strip() != "" for value in values)
 
 
 def show_answer(question: Question, verdict: Grade | None) -> None:
