@@ -20,7 +20,7 @@ st.caption(
     "Conceptual questions are multiple choice, with a reason for every option; numeric ones are drawn from public "
     "model configs (the Memory page's presets) and the model loaded here, and their answers are computed by the "
     "same formulas the other pages use. Every answer links to the view that shows it. The seed is in the address: "
-    "share the link and a whole class gets the same questions with the same numbers."
+    "share the link and a whole class gets the same questions with the same numbers (on the same live model)."
 )
 
 try:
@@ -35,8 +35,8 @@ if link_message:
 
 with st.container(border=True):
     left, middle, right = st.columns([1, 1.4, 1.2])
-    seed = int(left.number_input("Seed", min_value=0, max_value=SEED_MAX, step=1, key=ui.SEED_KEY,
-                                 help="The same seed gives the same questions and numbers to everyone."))
+    seed = left.number_input("Seed", min_value=0, max_value=SEED_MAX, step=1, key=ui.SEED_KEY,
+                             help="The same seed gives the same questions and numbers to everyone.")
     st.session_state.setdefault("drills_model", DEFAULT_MODEL)
     model_key = middle.selectbox("Live model (numeric questions about it)", list(REGISTRY), key="drills_model")
     st.session_state.setdefault("drills_mode", "Practice")

@@ -13,7 +13,14 @@ from kvviz import kv_formula as mem
 from kvviz.drills.bank import bank_problems, load_bank, read_bank
 from kvviz.drills.grading import grade, read_number, unit_kind
 from kvviz.drills.links import link_problems
-from kvviz.drills.mock import MOCK_QUESTIONS, mock_ids, mock_questions, parse_seed, realise, score_mock
+from kvviz.drills.mock import (
+    MOCK_QUESTIONS,
+    mock_ids,
+    mock_questions,
+    parse_seed,
+    realise,
+    score_mock,
+)
 from kvviz.drills.numeric import LiveModel, draw, fill
 from kvviz.drills.records import ChoiceQuestion, Link, NumericQuestion, NumericTemplate
 from kvviz.errors import InputError

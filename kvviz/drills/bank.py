@@ -135,7 +135,7 @@ def bank_problems(bank: Bank) -> list[str]:
             for seed in range(8):
                 try:
                     fill(entry, seed)
-                except Exception as error:  # any failure is a broken template: report it, keep checking
+                except Exception as error:  # noqa: BLE001 - any failure is a broken template: report it, keep checking
                     problems.append(f"{entry.id} (seed {seed}): {type(error).__name__}: {error}")
                     break
     return problems

@@ -63,7 +63,7 @@ def format_answer(value: float, unit: str) -> str:
     elif abs(value) >= 1000 or float(value).is_integer():
         text = f"{value:,.0f}" if float(value).is_integer() or abs(value) >= 10_000 else f"{value:,.1f}"
     else:
-        digits = max(0, 3 - int(math.floor(math.log10(abs(value)))))
+        digits = max(0, 3 - math.floor(math.log10(abs(value))))
         text = f"{value:,.{digits}f}".rstrip("0").rstrip(".")
     return f"{text} {unit}"
 

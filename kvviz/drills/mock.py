@@ -10,13 +10,18 @@ What it does not do: keep time or answers between reruns (``kvviz/ui/drills.py``
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from kvviz.drills.bank import Bank
 from kvviz.drills.grading import grade
 from kvviz.drills.numeric import LiveModel, fill
-from kvviz.drills.records import ChoiceQuestion, Grade, NumericTemplate, Question, Template
+from kvviz.drills.records import (
+    Grade,
+    NumericTemplate,
+    Question,
+    Template,
+)
 
 MOCK_QUESTIONS = 10
 MOCK_SECONDS = 15 * 60
@@ -41,8 +46,8 @@ def mock_ids(bank: Bank, seed: int, count: int = MOCK_QUESTIONS) -> list[str]:
     rng.shuffle(topics)
     chosen: list[str] = []
     pools = {topic: [entry.id for entry in bank.in_topic(topic)] for topic in topics}
-    for topic in pools:
-        rng.shuffle(pools[topic])
+    for pool in pools.values():
+        rng.shuffle(pool)
     while len(chosen) < min(count, len(bank.entries)):
         for topic in topics:
             if pools[topic] and len(chosen) < count:
@@ -114,7 +119,3 @@ def parse_seed(value: str | Sequence[str] | None, fallback: int) -> tuple[int, s
         return fallback, (f"seed={text} in the link is outside 0 to {SEED_MAX:,}: showing the set of seed "
                           f"{fallback}.")
     return seed, ""
-
-
-def is_choice(question: Question) -> bool:
-    return isinstance(question, ChoiceQuestion)

@@ -15,8 +15,9 @@ What it does not do: grade (``grading.py``) or choose which questions a set hold
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kvviz import kv_formula as mem
 from kvviz.drills.grading import unit_kind

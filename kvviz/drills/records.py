@@ -7,7 +7,6 @@ What it does not do: read the bank (``bank.py``), compute answers (``numeric.py`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -93,8 +92,8 @@ class NumericQuestion:
     misconception: str = ""
 
 
-Question = Union[ChoiceQuestion, NumericQuestion]
-Template = Union[ChoiceQuestion, NumericTemplate]
+Question = ChoiceQuestion | NumericQuestion
+Template = ChoiceQuestion | NumericTemplate
 
 
 @dataclass(frozen=True)

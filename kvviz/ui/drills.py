@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import streamlit as st
 
 from kvviz.drills.bank import Bank
-from kvviz.drills.mock import MOCK_SECONDS, SEED_MAX, MockResult, mock_questions, parse_seed, score_mock
+from kvviz.drills.grading import grade
+from kvviz.drills.mock import (
+    MOCK_SECONDS,
+    SEED_MAX,
+    MockResult,
+    mock_questions,
+    parse_seed,
+    score_mock,
+)
 from kvviz.drills.numeric import LiveModel
 from kvviz.drills.records import ChoiceQuestion, Grade, Question
-from kvviz.drills.grading import grade
 
 SEED_KEY = "drills_seed"
 _OPENED = "drills_link_read"
@@ -137,10 +144,6 @@ def finish_mock(clock: Callable[[], float] = time.monotonic) -> None:
 
 def clear_mock() -> None:
     st.session_state.pop(_MOCK, None)
-
-
-def is_choice(question: Question) -> bool:
-    return isinstance(question, ChoiceQuestion)
 
 
 # ----- shared widgets -------------------------------------------------------------------------------------------
