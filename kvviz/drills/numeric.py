@@ -122,7 +122,7 @@ def decode_floor_seconds(d: Drawn) -> Computed:
     weights = mem.weights_bytes(d.spec.parameters, mem.BF16)
     moved = step_bytes(weights, d.spec, d.precision, context, 1)
     seconds = moved / gpu.memory_bytes_per_s
-    working = (f"weights {mem.format_bytes(weights)} + K/V of {context:,} positions "
+    working = (f"weights {mem.format_bytes(weights)} + the K/V cache at {context:,} positions "
                f"{mem.format_bytes(mem.kv_cache_bytes(d.spec, context, 1, d.precision))} + the new row = "
                f"{moved:,.0f} bytes; / {gpu.memory_bytes_per_s / 1e12:g} TB/s = {seconds * 1e3:.3f} ms")
     return Computed(seconds, working, {"bandwidth": f"{gpu.memory_bytes_per_s / 1e12:g} TB/s"})
@@ -216,7 +216,8 @@ def fill(template: NumericTemplate, seed: int, live: LiveModel | None = None) ->
         raise InputError(f"Drill '{template.id}' asks in {template.unit} for a quantity measured in {kind}.")
     fields = {**drawn.params, "model": drawn.spec.name, "geometry": drawn.spec.geometry(),
               "dtype": drawn.precision.label,  # the label says the bytes per element; the key alone does not
-              "note": drawn.spec.note.rstrip("."), "layers": drawn.spec.layers, "working": computed.working,
+              "note": drawn.spec.note.rstrip("."), "layers": drawn.spec.layers, "parameters": drawn.spec.parameters,
+              "working": computed.working,
               **computed.fields}
     answer = computed.value / size
     return NumericQuestion(
