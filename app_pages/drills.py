@@ -58,13 +58,13 @@ def practice() -> None:
     topic = st.selectbox("Topic", list(titles), key="drills_topic",
                          format_func=lambda key: f"{titles[key]} ({counts[key]})")
     ui.keep_widgets(("drills_topic",))
-    grades = ui.practice_grades()
     for question in topic_questions(bank, topic, seed, live):
         with st.container(border=True):
             ui.answer_widget(question, ui.answer_key("practice", question.id))
             st.button("Check", key=f"drills_check_{question.id}", on_click=ui.check_practice, args=(question,))
-            if question.id in grades:
-                ui.show_answer(question, grades[question.id])
+            verdict = ui.practice_grade(question)
+            if verdict is not None:
+                ui.show_answer(question, verdict)
 
 
 @st.fragment(run_every=1.0)

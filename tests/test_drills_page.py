@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from kvviz.drills.bank import load_bank
 from kvviz.drills.grading import format_answer
 from kvviz.drills.mock import mock_questions
-from kvviz.drills.numeric import LiveModel
+from kvviz.drills.numeric import LiveModel, fill
 from kvviz.drills.records import ChoiceQuestion
 from kvviz.models import load_model
 
@@ -89,6 +89,15 @@ def test_practice_grades_a_numeric_answer_on_the_live_model_with_its_unit():
     at.text_input(key="drills_practice_num-live-layer-step").input(f"{per_layer} ms").run()
     at.button(key="drills_check_num-live-layer-step").click().run()
     assert "measures seconds" in at.error[0].value
+    # Another seed draws other numbers for the drawn questions: the old verdicts are not shown against them.
+    at.button(key="drills_check_num-live-cache").click().run()
+    assert len(at.error) == 2
+    live = LiveModel(loaded.spec, loaded.dtype_name)
+    template = load_bank().by_id("num-live-cache")
+    other = next(seed for seed in range(43, 100) if fill(template, seed, live) != fill(template, 42, live))
+    at.number_input(key="drills_seed").set_value(other).run()
+    assert not at.exception and url_seed(at) == str(other)
+    assert len(at.error) == 1 and "measures seconds" in at.error[0].value  # the unchanged question keeps its verdict
 
 
 def test_the_mock_interview_asks_10_questions_and_scores_and_reviews_them():

@@ -33,7 +33,7 @@ SEED_KEY = "drills_seed"
 _OPENED = "drills_link_read"
 _MESSAGE = "drills_link_message"
 _MOCK = "kvviz_drills_mock"
-_PRACTICE = "kvviz_drills_practice"  # question id -> Grade of the last check
+_PRACTICE = "kvviz_drills_practice"  # question id -> (the question as asked, the grade of its last check)
 
 
 def answer_key(prefix: str, question_id: str) -> str:
@@ -87,13 +87,17 @@ def current_seed() -> int:
 
 # ----- practice -------------------------------------------------------------------------------------------------
 
-def practice_grades() -> dict[str, Grade]:
-    return st.session_state.setdefault(_PRACTICE, {})
+def practice_grade(question: Question) -> Grade | None:
+    """The grade of the last check of ``question`` as it is asked now; None when another seed or model drew other
+    numbers since (that grade was against them)."""
+    checked = st.session_state.setdefault(_PRACTICE, {}).get(question.id)
+    return checked[1] if checked is not None and checked[0] == question else None
 
 
 def check_practice(question: Question) -> None:
     """Button callback: grade the answer in the question's widget and keep the grade for the page to show."""
-    practice_grades()[question.id] = grade(question, st.session_state.get(answer_key("practice", question.id)))
+    verdict = grade(question, st.session_state.get(answer_key("practice", question.id)))
+    st.session_state.setdefault(_PRACTICE, {})[question.id] = (question, verdict)
 
 
 # ----- mock interview -------------------------------------------------------------------------------------------
