@@ -21,6 +21,7 @@ page = st.navigation(
         st.Page("app_pages/speed.py", title="Speed", icon=":material/speed:"),
         st.Page("app_pages/serving.py", title="Serving", icon=":material/dns:"),
         st.Page("app_pages/cache_policies.py", title="Cache policies", icon=":material/compress:"),
+        st.Page("app_pages/drills.py", title="Drills", icon=":material/quiz:"),
     ]
 )
 # Before any page runs: two sessions importing transformers at once can break it (see engine_import.py). The
