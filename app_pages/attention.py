@@ -12,6 +12,7 @@ from kvviz import heads as hd
 from kvviz.attention_matrix import CHECK_MAX_TOKENS, has_attention, trace_length
 from kvviz.charts.attention import MAX_SIDE, position_label
 from kvviz.errors import KvvizError
+from kvviz.exports.png import chart_config
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.ui import attention_widgets as aw
 from kvviz.ui.resources import get_model
@@ -76,7 +77,8 @@ if generate_clicked:
             done = aw.generate(
                 session, loaded, prompt, chat_template=chat, new_tokens=new_tokens,
                 on_progress=lambda t: matrix_slot.plotly_chart(
-                    aw.build_head_figure(t, layer, head, how), key=f"attn-live-{next(draws)}"),
+                    aw.build_head_figure(t, layer, head, how), key=f"attn-live-{next(draws)}",
+                    config=chart_config("attention-matrix")),
             )
         st.toast(done)
     except KvvizError as error:
@@ -91,7 +93,8 @@ if stopped_at:
             "captured. Reset on the Step-through page (or Generate here) to start over.")
 n = trace_length(trace)
 memory = aw.memory_summary(trace, card)
-matrix_slot.plotly_chart(aw.head_figure(trace, layer, head, how), key="attn-matrix")
+matrix_slot.plotly_chart(aw.head_figure(trace, layer, head, how), key="attn-matrix",
+    config=chart_config("attention-matrix"))
 
 with side_col:
     st.markdown(
@@ -140,7 +143,8 @@ def token_section() -> None:
 def model_view_section() -> None:
     st.subheader("Model view: every layer and head at once")
     with st.spinner("Pooling every layer's rows…"):
-        st.plotly_chart(aw.model_view_figure(trace, card, how), key="attn-model-view")
+        st.plotly_chart(aw.model_view_figure(trace, card, how), key="attn-model-view",
+            config=chart_config("attention-model-view"))
     if card.kv_heads < card.query_heads:
         st.caption(
             f"Grouped-query attention: {card.query_heads} query heads share {card.kv_heads} KV heads, "
@@ -170,7 +174,8 @@ def head_types_section() -> None:
     for measure in hd.MAPS:
         source = probe.scores if measure == "induction" else scores
         chart_col, text_col = st.columns([3, 1])
-        chart_col.plotly_chart(aw.scores_figure(source, measure, card), key=f"attn-type-{measure}")
+        chart_col.plotly_chart(aw.scores_figure(source, measure, card), key=f"attn-type-{measure}",
+            config=chart_config(f"attention-{measure}"))
         text_col.write("")
         text_col.caption(hd.MEANINGS[measure])
         text_col.markdown(aw.finding_sentence(source, measure))

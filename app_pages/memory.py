@@ -16,6 +16,7 @@ from kvviz import kv_formula as mem
 from kvviz import live_check
 from kvviz.charts import memory as charts
 from kvviz.errors import KvvizError
+from kvviz.exports.png import chart_config
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.ui.resources import get_model
 from kvviz.ui.session import get_session
@@ -117,8 +118,8 @@ if focus.shares_kv:
     st.info(est.sharing_sentence())
 
 left, right = st.columns(2)
-left.plotly_chart(charts.gpu_fit_figure(alternatives))
-right.plotly_chart(charts.max_batch_figure(alternatives))
+left.plotly_chart(charts.gpu_fit_figure(alternatives), config=chart_config("gpu-fit"))
+right.plotly_chart(charts.max_batch_figure(alternatives), config=chart_config("max-batch"))
 
 # ----- across models ----------------------------------------------------------------------------------------------
 st.subheader("Across models")
@@ -127,9 +128,11 @@ compare_names = left.multiselect(f"Compare {focus.name} with", names, default=DE
 log_y = right.toggle("Log scale for sizes", value=True, key="mem_log")
 compared = [focus] + [presets[name] for name in compare_names if presets[name] != focus]
 left, right = st.columns(2)
-left.plotly_chart(charts.cache_vs_context_figure(compared, cache, int(context), int(batch), log_y=log_y))
+left.plotly_chart(charts.cache_vs_context_figure(compared, cache, int(context), int(batch), log_y=log_y),
+                  config=chart_config("cache-vs-context"))
 right.plotly_chart(
-    charts.sharing_figure([mem.estimate(spec, int(context), 1, weights, cache) for spec in compared], log_y=log_y)
+    charts.sharing_figure([mem.estimate(spec, int(context), 1, weights, cache) for spec in compared], log_y=log_y),
+    config=chart_config("weights-and-cache"),
 )
 
 with st.expander("How these numbers are computed"):
@@ -186,7 +189,8 @@ def show_check(check: live_check.LiveCheck, key: str) -> None:
              delta="exactly equal" if check.matches else "mismatch",
              delta_color="normal" if check.matches else "inverse", delta_arrow="off")
     (st.success if check.matches else st.error)(check.sentence())
-    st.plotly_chart(charts.live_check_figure(check), key=f"mem_live_chart_{key}")
+    st.plotly_chart(charts.live_check_figure(check), key=f"mem_live_chart_{key}",
+        config=chart_config(f"live-check-{key}"))
     if check.allocator_growth is None:
         st.info(check.allocator_note)
     else:

@@ -6,6 +6,7 @@ from kvviz import llamacpp_engine, report
 from kvviz.bench_results import PATH_LABELS, PATHS, BenchConfig
 from kvviz.charts import speed as charts
 from kvviz.errors import KvvizError
+from kvviz.exports.png import chart_config
 from kvviz.models import ARCHITECTURE_ONLY, ARCHITECTURE_ONLY_NOTE, DEFAULT_MODEL, REGISTRY
 from kvviz.ui.resources import get_model
 from kvviz.ui.speed import (
@@ -108,24 +109,30 @@ if measured:
 
 tabs = st.tabs(["Per token", "By position", "Cumulative", "Speedup", "Roofline", "Bandwidth"])
 with tabs[0]:
-    st.plotly_chart(charts.per_token_figure(result), key="speed_chart_per_token")
+    st.plotly_chart(charts.per_token_figure(result), key="speed_chart_per_token",
+        config=chart_config("speed_chart_per_token"))
 with tabs[1]:
     log_y = st.toggle("Logarithmic time axis", value=True, key="speed_log_y")
-    st.plotly_chart(charts.latency_figure(result, log_y=log_y), key="speed_chart_latency")
+    st.plotly_chart(charts.latency_figure(result, log_y=log_y), key="speed_chart_latency",
+        config=chart_config("speed_chart_latency"))
 with tabs[2]:
-    st.plotly_chart(charts.cumulative_figure(result), key="speed_chart_cumulative")
+    st.plotly_chart(charts.cumulative_figure(result), key="speed_chart_cumulative",
+        config=chart_config("speed_chart_cumulative"))
     growth = report.naive_growth_sentence(result)
     if growth is not None:
         st.markdown(growth)
 with tabs[3]:
-    st.plotly_chart(charts.speedup_figure(result), key="speed_chart_speedup")
+    st.plotly_chart(charts.speedup_figure(result), key="speed_chart_speedup",
+        config=chart_config("speed_chart_speedup"))
     for sentence in report.crossover_sentences(result):
         st.markdown(sentence + ".")
 with tabs[4]:
-    st.plotly_chart(charts.roofline_figure(result), key="speed_chart_roofline")
+    st.plotly_chart(charts.roofline_figure(result), key="speed_chart_roofline",
+        config=chart_config("speed_chart_roofline"))
     st.caption(report.peak_sentence(result))
 with tabs[5]:
-    st.plotly_chart(charts.bandwidth_figure(result), key="speed_chart_bandwidth")
+    st.plotly_chart(charts.bandwidth_figure(result), key="speed_chart_bandwidth",
+        config=chart_config("speed_chart_bandwidth"))
     st.caption("; ".join(report.bandwidth_sentences(result)))
 
 st.dataframe(charts.summary_rows(result), hide_index=True, key="speed_table")
