@@ -111,7 +111,8 @@ LESSON_PAGED = Lesson(
             "Start serving",
             "A server holds many sequences at once. With **paged attention** each sequence's K and V live in "
             f"fixed-size blocks ({BLOCK_SIZE} positions here) of one shared pool, listed in its block table, so "
-            "nothing is reserved ahead of need. Here requests arrive one per scheduler step.",
+            "it holds only the blocks its tokens fill, the last one partly. Here requests arrive one per scheduler "
+            "step.",
             "Start", start_scenario, check_block_tables,
             PageLink(PAGE, "The pool on Serving", view="Blocks and batching")),
         LessonStep(

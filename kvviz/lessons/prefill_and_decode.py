@@ -80,8 +80,8 @@ LESSON_PREFILL = Lesson(
         LessonStep(
             "Feed the prompt",
             "A **prefill** runs the whole prompt through the model in one call. In every layer each prompt token "
-            "gets a key and a value vector, and the layer keeps them in its cache. The same call ends with the "
-            "probabilities of the first new token.",
+            "gets a key and a value vector per KV head, and the layer keeps them in its cache. The same call ends "
+            "with the probabilities of the first new token.",
             "Prefill the prompt", lambda state: prefill(state, DEFAULT_PROMPT), check_new_prefill, STEP_VIEW),
         LessonStep(
             "Count the bytes",
@@ -129,8 +129,9 @@ def check_one_column(state: LessonState, before: Snapshot) -> Check:
         return Check(False, "Some earlier K/V rows changed: the cache should only grow at its end.")
     return Check(True, f"Every one of the {layers_text(len(record.cache_layers))} went from {before.cache_len} to "
                        f"{record.cache_len} positions: one new column at position {before.cache_len}. The "
-                       f"{before.cache_len} columns before it are bit for bit what was stored when they were "
-                       "appended: nothing already cached is recomputed or changed.")
+                       f"{before.cache_len} columns before it still hold what was stored when they were appended "
+                       "(compared at the float16 precision the records keep): nothing already cached is "
+                       "recomputed or changed.")
 
 
 def check_fresh_attention_row(state: LessonState, before: Snapshot) -> Check:

@@ -49,6 +49,11 @@ def get_progress() -> LessonProgress:
     return st.session_state[_KEY]
 
 
+def progress_model(progress: LessonProgress) -> str | None:
+    """The model the learner's lessons run on (None before the first)."""
+    return progress.state.loaded.key if progress.state is not None else None
+
+
 def page_exists(name: str) -> bool:
     return (PAGES_DIR / f"{name}.py").is_file()
 
