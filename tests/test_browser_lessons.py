@@ -36,7 +36,8 @@ class LessonsPage(StepPage):
     def passed_sentences(self) -> list[str]:
         """The checks' sentences on screen (those of finished steps sit in closed expanders, not shown)."""
         alerts = self.main().get_by_test_id("stAlertContentSuccess").all()
-        return [alert.inner_text().strip() for alert in alerts if alert.is_visible()]
+        return [alert.get_by_test_id("stMarkdownContainer").inner_text().strip() for alert in alerts
+                if alert.is_visible()]
 
     def choose_lesson(self, label: str) -> None:
         self.main().get_by_test_id("stSelectbox").filter(has_text="Lesson").get_by_role("combobox").click()
@@ -74,6 +75,8 @@ def test_a_new_learner_completes_the_first_three_lessons_on_smollm2(tmp_path, re
         page.main().get_by_test_id("stPageLink-NavLink").filter(has_text="See this cache on Step through").click()
         status = page.wait_for_step(0)
         assert (status.step, status.cache_tokens) == (0, prompt_tokens)
+        # No message there: the sidebar shows the settings that built the trace, and nothing was set twice.
+        assert page.main().get_by_test_id("stAlert").count() == 0, page.describe()
         page.page.get_by_test_id("stSidebarNavLink").filter(has_text=re.compile(r"Lessons$")).click()
         page.wait_text("Step 1 of 3: Feed the prompt")
         assert page.passed_sentences()[-1] == sentence  # the learner's place and check are kept
