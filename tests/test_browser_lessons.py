@@ -47,10 +47,12 @@ class LessonsPage(StepPage):
         """Press the step's action and wait for its check to pass (its Next button appears only then); return the
         check's sentence."""
         self.wait_text(f"Step {number} of {total}: {title}")
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
         self.click(action)
         try:
             self.button("Finish the lesson" if number == total else "Next step").wait_for(timeout=STEP_TIMEOUT_MS)
-        except Exception:
+        except PlaywrightTimeout:
             raise AssertionError(f"step {number} ({title}) did not pass. The page:\n{self.describe()}") from None
         self.wait_idle()
         return self.passed_sentences()[-1]

@@ -6,7 +6,7 @@ is not built yet, so no lesson links to a page that does not exist. What it does
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kvviz.lessons.core import Lesson
 from kvviz.lessons.costs_and_bytes import LESSON_BYTES, LESSON_COST

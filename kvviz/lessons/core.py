@@ -17,8 +17,9 @@ lessons themselves (``catalogue.py`` lists them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from kvviz.errors import InputError
 from kvviz.kv_formula import format_bytes, kv_bytes_per_token, precision_of_torch_dtype
@@ -116,8 +117,8 @@ def prefill(state: LessonState, prompt: str, *, compare: bool = False, chat_temp
     stepper, trace = start_trace(state.loaded, prompt, compare=compare, sampling=Sampling(), capture_attention=True,
                                  record_kv=True, max_new_tokens=LESSON_MAX_NEW_TOKENS, chat_template=chat)
     state.stepper, state.trace = stepper, trace
-    state.settings = dict(prompt=prompt, chat_template=chat, compare=compare, sampling=Sampling(),
-                          max_new_tokens=LESSON_MAX_NEW_TOKENS)
+    state.settings = {"prompt": prompt, "chat_template": chat, "compare": compare, "sampling": Sampling(),
+                      "max_new_tokens": LESSON_MAX_NEW_TOKENS}
 
 
 def step(state: LessonState, count: int = 1) -> None:

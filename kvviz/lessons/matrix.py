@@ -11,7 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from kvviz import heads
-from kvviz.attention_matrix import check_against_full_forward, layer_matrix, trace_length
+from kvviz.attention_matrix import (
+    check_against_full_forward,
+    layer_matrix,
+    trace_length,
+)
 from kvviz.lessons.core import (
     Check,
     Lesson,

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import math
 
-from kvviz.lessons.core import Check, Lesson, LessonState, LessonStep, PageLink, Snapshot
+from kvviz.lessons.core import (
+    Check,
+    Lesson,
+    LessonState,
+    LessonStep,
+    PageLink,
+    Snapshot,
+)
 from kvviz.lessons.matrix import produced
 from kvviz.serving import report
 from kvviz.serving.accounting import default_pool_blocks

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from transformers import MistralConfig
 
 from kvviz.errors import InputError
-from kvviz.lessons.core import Check, Lesson, LessonState, LessonStep, PageLink, Snapshot, layers_text
+from kvviz.lessons.core import (
+    Check,
+    Lesson,
+    LessonState,
+    LessonStep,
+    PageLink,
+    Snapshot,
+    layers_text,
+)
 from kvviz.live_check import check_record
 from kvviz.models import LoadedModel, load_random_model
 from kvviz.records import Trace

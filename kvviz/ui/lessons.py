@@ -17,7 +17,15 @@ import streamlit as st
 
 from kvviz.errors import KvvizError
 from kvviz.lessons.catalogue import available_lessons
-from kvviz.lessons.core import Check, Lesson, LessonState, LessonStep, PageLink, Snapshot, snapshot
+from kvviz.lessons.core import (
+    Check,
+    Lesson,
+    LessonState,
+    LessonStep,
+    PageLink,
+    Snapshot,
+    snapshot,
+)
 from kvviz.lessons.paged import ARRIVE_EVERY, BLOCK_SIZE, NEW_TOKENS, REQUESTS
 from kvviz.models import LoadedModel
 from kvviz.ui import serving as serving_sessions
@@ -127,10 +135,10 @@ def publish(state: LessonState) -> None:
         session.stepper, session.trace = state.stepper, state.trace
         session.play_remaining, session.message = 0, None
         # The Step-through sidebar shows what built the trace (as a share link would set it).
-        for key, value in dict(model_choice=state.loaded.key, prompt=state.settings["prompt"],
-                               chat_template=state.settings["chat_template"], compare=state.settings["compare"],
-                               sample=False, max_new_tokens=state.settings["max_new_tokens"]).items():
-            st.session_state[key] = value
+        st.session_state.update({
+            "model_choice": state.loaded.key, "prompt": state.settings["prompt"],
+            "chat_template": state.settings["chat_template"], "compare": state.settings["compare"], "sample": False,
+            "max_new_tokens": state.settings["max_new_tokens"]})
     publish_serving(state)
 
 
@@ -147,10 +155,9 @@ def publish_serving(state: LessonState) -> None:
             arrive_every=ARRIVE_EVERY)
         serving.sequential = results.get("sequential")
         serving.playing = False
-        for key, value in dict(serving_requests=REQUESTS, serving_new_tokens=NEW_TOKENS,
-                               serving_block_size=BLOCK_SIZE, serving_arrive_every=ARRIVE_EVERY, serving_pool=0,
-                               serving_sharing=True).items():
-            st.session_state[key] = value
+        st.session_state.update({
+            "serving_requests": REQUESTS, "serving_new_tokens": NEW_TOKENS, "serving_block_size": BLOCK_SIZE,
+            "serving_arrive_every": ARRIVE_EVERY, "serving_pool": 0, "serving_sharing": True})
         st.session_state.pop(serving_sessions.VIEW_STEP_KEY, None)
     if "prefix" in results:
         comparison = results["prefix"]
