@@ -88,7 +88,7 @@ def check_sinks(state: LessonState, before: Snapshot) -> Check:
         return Check(False, "The scores are not of this trace.")
     finding = heads.find_heads(scores, "sink")
     share = float(np.nanmean(scores.sink))
-    return Check(True, f"Sink score (the weight a head puts on the first token), over this trace's {scores.tokens} "
+    return Check(True, f"Sink score (the mean weight a head puts on the first token), over this trace's {scores.tokens} "
                        f"tokens: {heads.describe(finding)} Averaged over every head it is {share:.2f}.")
 
 

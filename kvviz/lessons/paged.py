@@ -18,31 +18,38 @@ from kvviz.lessons.core import (
     Snapshot,
 )
 from kvviz.lessons.matrix import produced
+from kvviz.models import LoadedModel
 from kvviz.serving import report
 from kvviz.serving.accounting import default_pool_blocks
 from kvviz.serving.engine import ServingScenario, run_sequential
 from kvviz.serving.prefix import compare_prefix
 from kvviz.serving.prompt_design import run_prompt_design
-from kvviz.serving.workload import SYSTEM_PROMPT, demo_requests
+from kvviz.serving.workload import SYSTEM_PROMPT, demo_requests, library_prompt
 from kvviz.stepper import encode_prompt
 
 PAGE = "serving"
 # The scenario the lesson serves; the front end gives the Serving page's controls these values, so the page opens
 # on the run the lesson built.
 REQUESTS, NEW_TOKENS, BLOCK_SIZE, ARRIVE_EVERY = 4, 8, 16, 1
+PREFIX_NEW_TOKENS = 2  # what compare_prefix generates per prompt by default
 QUESTION_A = "When are you open on Saturday?"
 QUESTION_B = "How many books can I borrow at once?"
 DATE_LINE = "Today is Friday, 4 December.\n"
-# The Serving page's library system prompt, cut to its first three rules so both prompts fit the tiny models'
-# context too (their tokenizer spends one token per byte).
-SHARED_PART = "".join(SYSTEM_PROMPT.splitlines(keepends=True)[:4])
+# The library system prompt's first three rules: the shared part when the whole of it does not fit the model's
+# context (the tiny models' tokenizer spends one token per byte).
+SHORT_SYSTEM_PROMPT = "".join(SYSTEM_PROMPT.splitlines(keepends=True)[:4])
 
 
-def prompt_texts(moved_date: bool = False) -> tuple[str, str]:
-    """Prompts A and B of the prefix lesson; ``moved_date`` puts a date line before B's shared instructions."""
-    def prompt(question: str) -> str:
-        return f"{SHARED_PART}Reader's question: {question}\nAnswer:"
-    return prompt(QUESTION_A), (DATE_LINE if moved_date else "") + prompt(QUESTION_B)
+def prompt_texts(loaded: LoadedModel, moved_date: bool = False) -> tuple[str, str]:
+    """Prompts A and B of the prefix lesson: the Serving page's library prompts (its whole system prompt, then a
+    question) when they fit the model's context, else the same with the first three rules only; ``moved_date`` puts
+    a date line before B's shared part."""
+    full = library_prompt(QUESTION_A), (DATE_LINE if moved_date else "") + library_prompt(QUESTION_B)
+    room = loaded.card.context_length - PREFIX_NEW_TOKENS
+    if all(len(encode_prompt(loaded, text)) < room for text in full):
+        return full
+    short = tuple(text.replace(SYSTEM_PROMPT, SHORT_SYSTEM_PROMPT) for text in full)
+    return short[0], short[1]
 
 
 # ----- lesson 6 --------------------------------------------------------------------------------------------------
@@ -141,9 +148,10 @@ LESSON_PAGED = Lesson(
 # ----- lesson 7 --------------------------------------------------------------------------------------------------
 
 def run_prefix_pair(state: LessonState, moved_date: bool) -> None:
-    text_a, text_b = prompt_texts(moved_date)
+    text_a, text_b = prompt_texts(state.loaded, moved_date)
     ids_a, ids_b = encode_prompt(state.loaded, text_a), encode_prompt(state.loaded, text_b)
-    state.results["prefix"] = compare_prefix(state.loaded, ids_a, ids_b, block_size=BLOCK_SIZE)
+    state.results["prefix"] = compare_prefix(state.loaded, ids_a, ids_b, block_size=BLOCK_SIZE,
+                                              new_tokens=PREFIX_NEW_TOKENS)
     state.results["prefix texts"] = (text_a, text_b)
 
 
@@ -152,7 +160,7 @@ def check_prefix_hit(state: LessonState, before: Snapshot) -> Check:
         return Check(False, "No prefix run yet: press the button.")
     comparison = state.results["prefix"]
     hit, cold, prefix = comparison.hit, comparison.cold_prompt, comparison.report
-    if state.results["prefix texts"] != prompt_texts(False) or not 0 < hit.hit_blocks == prefix.reusable_blocks \
+    if state.results["prefix texts"] != prompt_texts(state.loaded, False) or not 0 < hit.hit_blocks == prefix.reusable_blocks \
             or not comparison.outputs_match:
         return Check(False, "Prompt B did not reuse the blocks it shares with prompt A.")
     return Check(True, f"{report.ttft_sentence(cold.ttft_ms, hit.ttft_ms, hit.hit_tokens, hit.tokens)} "
@@ -166,7 +174,7 @@ def check_prefix_miss(state: LessonState, before: Snapshot) -> Check:
         return Check(False, "No prefix run yet: press the button.")
     comparison = state.results["prefix"]
     hit, prefix = comparison.hit, comparison.report
-    if state.results["prefix texts"] != prompt_texts(True) or hit.hit_blocks != 0 or prefix.reusable_blocks != 0:
+    if state.results["prefix texts"] != prompt_texts(state.loaded, True) or hit.hit_blocks != 0 or prefix.reusable_blocks != 0:
         return Check(False, "Prompt B still reused blocks of prompt A.")
     return Check(True, f"Prompt B, one date line longer at the top, found {hit.hit_blocks} of its {hit.full_blocks} "
                        "full blocks in the cache. "
