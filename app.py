@@ -21,6 +21,7 @@ page = st.navigation(
         st.Page("app_pages/speed.py", title="Speed", icon=":material/speed:"),
         st.Page("app_pages/serving.py", title="Serving", icon=":material/dns:"),
         st.Page("app_pages/cache_policies.py", title="Cache policies", icon=":material/compress:"),
+        st.Page("app_pages/lessons.py", title="Lessons", icon=":material/school:"),
         st.Page("app_pages/drills.py", title="Drills", icon=":material/quiz:"),
     ]
 )
