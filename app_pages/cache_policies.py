@@ -55,9 +55,9 @@ def read_settings() -> sessions.LabSettings:
 
 with st.container(border=True):
     left, right = st.columns([3, 2])
-    left.multiselect("Policies (the full cache always runs as the reference)", ALL_POLICY_NAMES,
-                     default=["window", "sinks"], key="policies_names",
-                     help="Pick 'full' as well to see it in the table and charts.")
+    left.multiselect("Policies (the full cache always runs and is shown, as the reference)",
+                     [name for name in ALL_POLICY_NAMES if name != "full"], default=["window", "sinks"],
+                     key="policies_names")
     right.multiselect("Budgets (tokens kept per layer and KV head)", BUDGETS, default=[64], key="policies_budgets",
                       help="Each evicting policy runs once per budget; the quantised caches hold every token.")
     first, second, third, fourth = st.columns(4)

@@ -52,11 +52,16 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
             timeout=STEP_TIMEOUT_MS)
         page.get_by_role("tab", name="Cache surgery").click()
         expect(main.get_by_text("Apply surgery", exact=False).first).to_be_visible(timeout=STEP_TIMEOUT_MS)
-        main.get_by_role("button", name="Zero their keys and values").click()
-        chips = main.get_by_test_id("stButtonGroup").last.get_by_role("button")
+        main.get_by_role("radio", name="Zero their keys and values").click()
+        expect(main.get_by_role("radio", name="Zero their keys and values")).to_have_attribute(
+            "aria-checked", "true", timeout=STEP_TIMEOUT_MS)
+        group = main.get_by_test_id("stButtonGroup").last  # the token chips (pills)
+        chips = group.locator("button")
         expect(chips.first).to_be_visible(timeout=STEP_TIMEOUT_MS)
-        for index in range(chips.count()):  # every position before the newest token
+        count = chips.count()
+        for index in range(count):  # every position before the newest token
             chips.nth(index).click()
+        expect(group.locator("button[data-selected='true']")).to_have_count(count, timeout=STEP_TIMEOUT_MS)
         main.get_by_role("button", name="Apply surgery", exact=True).click()
         result = main.get_by_text(re.compile(r"with the untouched cache, '.*' \(\d+\.\d%\) after zero their keys"))
         expect(result).to_have_count(1, timeout=STEP_TIMEOUT_MS)

@@ -30,8 +30,7 @@ def run_lesson_checking_skips(lesson, loaded) -> tuple[LessonState, list[str]]:
 @pytest.mark.parametrize("key", [lesson.key for lesson in LESSONS])
 def test_every_lesson_runs_to_its_end_and_no_check_passes_without_its_action(key, tiny_llama):
     lesson = lesson_by_key(key)
-    assert 3 <= len(lesson.steps) or lesson.key == "policies"  # the policies lesson has two
-    assert len(lesson.steps) <= 7
+    assert 3 <= len(lesson.steps) <= 7
     run_lesson_checking_skips(lesson, tiny_llama)
 
 

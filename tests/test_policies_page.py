@@ -51,7 +51,7 @@ def test_idle_page_says_what_to_press_and_draws_nothing():
 
 
 def test_a_run_scores_every_policy_to_the_end_and_draws_every_view():
-    at = click(open_page(policies_names=["full", "window", "sinks"]), "policies_run")
+    at = click(open_page(policies_names=["window", "sinks"]), "policies_run")
     session = lab(at)
     assert session.run.finished and not session.running
     result = session.run.result()
@@ -71,11 +71,12 @@ def test_a_run_scores_every_policy_to_the_end_and_draws_every_view():
 
 def test_the_page_run_equals_the_engine_run_with_the_same_settings(tiny_llama):
     at = click(open_page(policies_names=["h2o"]), "policies_run")
-    page = lab(at).run.result().policies[0]
+    full, page = lab(at).run.result().policies
     ids = text_ids(tiny_llama, shipped_text(), 64)
     engine = compare_policies(tiny_llama, ids, [PolicySpec("h2o", 8)], prompt_tokens=4).policies[0]
     assert page.perplexity == pytest.approx(engine.perplexity, rel=1e-6)
     assert page.kl == pytest.approx(engine.kl, rel=1e-5, abs=1e-9)
+    assert full.label == "full" and full.kl == pytest.approx(0.0, abs=1e-9)
 
 
 def _partial_session(loaded, calls: int, running: bool):

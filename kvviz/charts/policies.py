@@ -59,7 +59,9 @@ def quality_curve_figure(result: PolicyComparison, window: int = ROLLING) -> go.
                       annotation_text=f"budget {budget}: eviction starts", annotation_position="top left")
     base_layout(fig, "Does quality hold once the cache is full?", "tokens read",
                 f"perplexity of the last {window} tokens", note=_note(result))
-    fig.update_yaxes(type="log")
+    highest = max((float(rolling_perplexity(p.nll_per_token, window).max()) for p in result.policies), default=10.0)
+    ticks = [m * 10**e for e in range(0, 7) for m in (1, 2, 5) if m * 10**e <= 2 * highest]
+    fig.update_yaxes(type="log", tickvals=ticks, ticktext=[f"{t:,}" for t in ticks])
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0.0},
                       margin={"b": 110})
     return fig

@@ -11,9 +11,14 @@ from __future__ import annotations
 from kvviz.kv_formula import format_bytes
 from kvviz.lessons.core import Check, Lesson, LessonState, LessonStep, PageLink
 from kvviz.lessons.matrix import produced
+import torch
+from transformers import DynamicCache
+
 from kvviz.policies.eviction import PolicySpec
+from kvviz.policies.kivi import quantisation_errors
 from kvviz.policies.quality import compare_policies, shipped_text, text_ids
 from kvviz.policies.records import PolicyScore
+from kvviz.policies.report import kivi_sentence
 
 PAGE = "cache_policies"
 TOKENS, PROMPT_TOKENS, BUDGET = 64, 32, 16
@@ -56,6 +61,31 @@ def check_quantised(state: LessonState, before) -> Check:
                        + score_text(fp8, full) + ".")
 
 
+KIVI_BITS = 2
+
+
+@torch.inference_mode()
+def round_both_ways(state: LessonState) -> None:
+    """Fill a full cache with the text's first tokens and round its middle layer to 2 bits, grouped both ways."""
+    loaded = state.loaded
+    ids = text_ids(loaded, shipped_text(), TOKENS)
+    cache = DynamicCache(config=loaded.model.config)
+    loaded.model(input_ids=torch.tensor([ids], device=loaded.device), past_key_values=cache, use_cache=True,
+                 logits_to_keep=1)
+    layer = len(cache.layers) // 2
+    state.results["kivi"] = quantisation_errors(cache.layers[layer].keys, cache.layers[layer].values, layer,
+                                                KIVI_BITS)
+
+
+def check_kivi(state: LessonState, before) -> Check:
+    if not produced(state, before, "kivi"):
+        return Check(False, "Nothing rounded yet: press the button.")
+    errors = state.results["kivi"]
+    if errors.tokens != TOKENS or errors.bits != KIVI_BITS:
+        return Check(False, f"The rounding did not cover the {TOKENS} cached tokens at {KIVI_BITS} bits.")
+    return Check(True, kivi_sentence(errors))
+
+
 LESSON_POLICIES = Lesson(
     key="policies",
     title="Eviction and quantisation",
@@ -77,5 +107,13 @@ LESSON_POLICIES = Lesson(
             "per element and one scale per tensor.",
             "Run fp8", lambda state: run(state, "quantised", [PolicySpec("full", TOKENS), PolicySpec("fp8", BUDGET)]),
             check_quantised, PageLink(PAGE, "Quantised caches on Cache policies")),
+        LessonStep(
+            "Which way to group the bits",
+            "Fewer bits means rounding many numbers with one shared scale, so it matters which numbers share it. "
+            "KIVI observed that keys have a few channels much larger than the rest, at every token, and values do "
+            "not; so it groups keys per channel (along the tokens) and values per token. Here one layer's live keys "
+            f"and values are rounded to {KIVI_BITS} bits both ways with the same quantiser.",
+            "Round one layer both ways", round_both_ways, check_kivi,
+            PageLink(PAGE, "The rounding error per channel on Cache policies")),
     ),
 )

@@ -38,10 +38,13 @@ class LabSettings:
     backend: str = "hqq"
 
     def specs(self) -> list[PolicySpec]:
-        """One spec per evicting policy and budget, one per quantised cache, the full cache once."""
-        specs = []
+        """The full cache first (the reference, always shown), then one spec per evicting policy and budget and one
+        per quantised cache."""
+        specs = [PolicySpec("full", max(self.budgets, default=self.sinks + 1), sinks=self.sinks)]
         for name in self.policies:
-            if name in QUANTISED_NAMES or name == "full":
+            if name == "full":
+                continue
+            if name in QUANTISED_NAMES:
                 specs.append(PolicySpec(name, max(self.budgets, default=self.sinks + 1), sinks=self.sinks,
                                         backend=self.backend))
             else:
