@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from app_driver import STEP_TIMEOUT_MS, app_in_browser
+from app_driver import STEP_TIMEOUT_MS, StepPage, app_in_browser
 
 pytestmark = pytest.mark.browser
 
@@ -33,6 +33,8 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
         expect(run).to_be_enabled(timeout=STEP_TIMEOUT_MS)
         _set_number(main, "Tokens of the text", 96)
         expect(main.get_by_label("Tokens of the text", exact=True)).to_have_value("96")
+        idle = StepPage(page, url).wait_idle
+        idle()  # a click on the fragment's button while the whole page reruns can be dropped
         run.click()
         expect(main.get_by_text(re.compile(r"^80 of 80 next tokens scored"))).to_be_visible(timeout=STEP_TIMEOUT_MS)
         expect(main.get_by_role("button", name="Stop", exact=True)).to_be_disabled(timeout=STEP_TIMEOUT_MS)
@@ -52,6 +54,7 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
             timeout=STEP_TIMEOUT_MS)
         page.get_by_role("tab", name="Cache surgery").click()
         expect(main.get_by_text("Apply surgery", exact=False).first).to_be_visible(timeout=STEP_TIMEOUT_MS)
+        idle()
         main.get_by_role("radio", name="Zero their keys and values").click()
         expect(main.get_by_role("radio", name="Zero their keys and values")).to_have_attribute(
             "aria-checked", "true", timeout=STEP_TIMEOUT_MS)
@@ -62,6 +65,7 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
         for index in range(count):  # every position before the newest token
             chips.nth(index).click()
         expect(group.locator("button[data-selected='true']")).to_have_count(count, timeout=STEP_TIMEOUT_MS)
+        idle()
         main.get_by_role("button", name="Apply surgery", exact=True).click()
         result = main.get_by_text(re.compile(r"with the untouched cache, '.*' \(\d+\.\d%\) after zero their keys"))
         expect(result).to_have_count(1, timeout=STEP_TIMEOUT_MS)
