@@ -20,6 +20,7 @@ page = st.navigation(
         st.Page("app_pages/attention.py", title="Attention", icon=":material/grid_on:"),
         st.Page("app_pages/speed.py", title="Speed", icon=":material/speed:"),
         st.Page("app_pages/serving.py", title="Serving", icon=":material/dns:"),
+        st.Page("app_pages/server_admin.py", title="Server", icon=":material/monitor_heart:"),
     ]
 )
 # Before any page runs: two sessions importing transformers at once can break it (see engine_import.py). The
