@@ -112,20 +112,23 @@ class ModelWorker:
         while True:
             call = self._next_call()
             started = time.perf_counter()
-            ok = True
+            result: Any = None
+            error: BaseException | None = None
             try:
                 result = call.fn()
-            except BaseException as error:  # noqa: BLE001 - handed to the caller, the worker must survive
-                ok = False
-                call.future.set_exception(error)
-            else:
-                call.future.set_result(result)
+            except BaseException as raised:  # noqa: BLE001 - handed to the caller, the worker must survive
+                error = raised
             finished = time.perf_counter()
             with self._ready:
                 self._running = None
+            # Recorded before the caller gets its result, so a caller that reads the log after a call finds it there.
             self._record(CallTiming(self.name, call.session, call.kind, call.submitted,
                                     wait_ms=(started - call.submitted_clock) * 1000,
-                                    run_ms=(finished - started) * 1000, ok=ok))
+                                    run_ms=(finished - started) * 1000, ok=error is None))
+            if error is not None:
+                call.future.set_exception(error)
+            else:
+                call.future.set_result(result)
 
     def _record(self, timing: CallTiming) -> None:
         self.timings.append(timing)
