@@ -65,7 +65,7 @@ def test_six_sessions_at_once_each_see_only_their_own_tokens(tmp_path, require_b
     assert len({call["session"] for call in logged}) == 6 and all(call["ok"] for call in logged)
 
 
-def test_a_server_restart_under_open_tabs_brings_each_back_without_a_traceback(tmp_path, require_browser,
+def test_a_server_restart_under_open_tabs_brings_each_back_with_a_message_and_no_traceback(tmp_path, require_browser,
                                                                                 class_config):
     from playwright.sync_api import sync_playwright
 
@@ -85,6 +85,7 @@ def test_a_server_restart_under_open_tabs_brings_each_back_without_a_traceback(t
                     status = session.page.wait_for_step(1, timeout_ms=STEP_TIMEOUT_MS)
                     assert status.step == 1
                     assert page.get_by_test_id("stException").count() == 0
+                    page.get_by_text("This tab's earlier session is gone from the server").wait_for()
                     assert session.cross_talk([s.marker() for s in sessions]) == []
                 assert len({call["session"] for call in calls(server.latency_log)}) == 2
         finally:

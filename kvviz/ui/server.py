@@ -60,3 +60,19 @@ def loaded_model_names() -> list[str]:
 
     return [f"{name} ({loaded.loaded_from}, loaded in {loaded.load_seconds:.1f} s)"
             for (name, _, _), loaded in model_store().items()]
+
+
+RESTARTED = ("This tab's earlier session is gone from the server (it restarted, or the session was closed while the "
+             "tab was disconnected), so this is a fresh session: its cache starts empty. Settings in the address bar "
+             "were kept.")
+
+
+def reconnected_without_session() -> bool:
+    """Whether this browser tab had a session before this one: on a reconnect Streamlit's page sends the id of its
+    earlier session as a third websocket subprotocol. It is only asked when a session starts, so a tab that finds
+    its session again on the same server (a short network drop) never gets here."""
+    try:
+        protocols = st.context.headers.get("Sec-Websocket-Protocol") or ""
+    except Exception:  # noqa: BLE001 - no request context (bare runs, AppTest): not a reconnect
+        return False
+    return len([part for part in protocols.split(",") if part.strip()]) >= 3

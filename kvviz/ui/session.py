@@ -28,7 +28,7 @@ from kvviz.server.sessions import trace_bytes
 from kvviz.stepper import CompareStepper, Sampling, Stepper
 from kvviz.tracing import start_trace
 from kvviz.trace_analysis import memo_of
-from kvviz.ui.server import run_on_model, server_settings, session_registry
+from kvviz.ui.server import RESTARTED, reconnected_without_session, run_on_model, server_settings, session_registry
 
 _KEY = "kvviz_session"
 # Attention rows a session keeps (float16; SmolLM2 holds 540·T bytes per step, so ~1,000 tokens fill this). Past it,
@@ -99,7 +99,7 @@ def get_session() -> SessionTrace:
     """This browser session's state; it also tells the server's registry that the session is active and, in server
     mode, frees the traces of sessions idle past the limit."""
     if _KEY not in st.session_state:
-        st.session_state[_KEY] = SessionTrace()
+        st.session_state[_KEY] = SessionTrace(message=("info", RESTARTED) if reconnected_without_session() else None)
     session: SessionTrace = st.session_state[_KEY]
     registry = session_registry()
     registry.touch(session.id, session)
@@ -127,8 +127,9 @@ def prefill(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_tem
     session.settings = dict(prompt=prompt, chat_template=chat_template, compare=compare, sampling=sampling,
                             max_new_tokens=max_new_tokens)
     session.stepper, session.trace = stepper, trace
-    if cut:
-        session.message = ("info", cut)
+    if cut:  # after any message already there (the page may have just said that the session is new)
+        session.message = ("info", cut) if session.message is None else (session.message[0],
+                                                                         f"{session.message[1]} {cut}")
     return trace.records[-1]
 
 
