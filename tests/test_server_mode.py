@@ -266,3 +266,33 @@ def test_the_server_page_lists_sessions_memory_and_call_latency():
     sessions_frame, calls_frame = at.dataframe[0].value, at.dataframe[1].value
     assert "tiny-llama" in set(sessions_frame["model"])
     assert {"prefill", "step"} <= set(calls_frame["call"])
+
+
+# ----- benchmarks on the Speed page ---------------------------------------------------------------------------------
+
+def speed_page_run() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app_pages" / "speed.py"), default_timeout=120).run()
+    at.selectbox(key="speed_model").set_value("tiny-llama")
+    at.button(key="speed_run").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_benchmarks_turned_off_are_refused_on_the_speed_page(server_mode):
+    server_mode('benchmarks = "off"\n')
+    at = speed_page_run()
+    assert any("Benchmarks are turned off on this class server" in error.value for error in at.error)
+    assert not at.metric
+
+
+def test_a_second_benchmark_while_one_runs_is_asked_to_wait(server_mode):
+    from kvviz.ui.speed import _server_lock
+
+    lock = _server_lock()
+    assert lock.acquire(timeout=60)  # another session's benchmark holds the server
+    try:
+        at = speed_page_run()
+    finally:
+        lock.release()
+    assert any("Another benchmark is running on this server (one runs at a time)" in error.value
+               for error in at.error)
