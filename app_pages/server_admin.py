@@ -56,7 +56,7 @@ st.caption("Each model's calls run one at a time, taking one call from each wait
            + (", ".join(f"{name} {count}" for name, count in waiting.items()) or "none") + ".")
 timings = pool.timings()
 if timings:
-    since = time.time() - timings[0].submitted if timings else 0
+    since = time.time() - timings[0].submitted
     st.dataframe([{"call": row.kind, "calls": str(row.calls), "errors": str(row.errors),
                    "p50 (ms)": f"{row.p50_ms:,.0f}", "p95 (ms)": f"{row.p95_ms:,.0f}", "max (ms)": f"{row.max_ms:,.0f}",
                    "median wait (ms)": f"{row.p50_wait_ms:,.0f}"} for row in summarise(timings)], hide_index=True)

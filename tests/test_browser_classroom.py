@@ -14,7 +14,7 @@ import re
 import urllib.request
 
 import pytest
-from app_driver import STEP_TIMEOUT_MS, StepPage, free_port, launch_chromium
+from app_driver import STEP_TIMEOUT_MS, free_port, launch_chromium
 from classroom_driver import NGINX, ClassSession, kvviz_server, nginx_proxy, routes_by_replica, wait_for_log
 
 pytestmark = pytest.mark.browser

@@ -71,7 +71,6 @@ class ModelWorker:
         self.timings: deque[CallTiming] = deque(maxlen=TIMINGS_KEPT)
         self._queues: OrderedDict[str, deque[_Call]] = OrderedDict()  # waiting sessions, in turn order
         self._ready = threading.Condition()
-        self._running: str | None = None  # the session whose call runs now
         self._thread = threading.Thread(target=self._serve, name=f"kvviz-worker-{name}", daemon=True)
         self._thread.start()
 
@@ -105,7 +104,6 @@ class ModelWorker:
             del self._queues[session]
             if calls:
                 self._queues[session] = calls
-            self._running = session
             return call
 
     def _serve(self) -> None:
@@ -119,8 +117,6 @@ class ModelWorker:
             except BaseException as raised:  # noqa: BLE001 - handed to the caller, the worker must survive
                 error = raised
             finished = time.perf_counter()
-            with self._ready:
-                self._running = None
             # Recorded before the caller gets its result, so a caller that reads the log after a call finds it there.
             self._record(CallTiming(self.name, call.session, call.kind, call.submitted,
                                     wait_ms=(started - call.submitted_clock) * 1000,

@@ -41,7 +41,6 @@ class ModelStore:
         self._guard = threading.Lock()
         self._loading: dict[ModelKey, threading.Lock] = {}
         self._progress: dict[ModelKey, list[str]] = {}  # messages of the loads under way
-        self.failures: dict[ModelKey, str] = {}  # the last failed preload of each model, for sessions arriving late
 
     def get(self, key: ModelKey) -> LoadedModel | None:
         with self._guard:
@@ -73,7 +72,6 @@ class ModelStore:
                         self._progress.pop(key, None)
                 with self._guard:
                     self._models[key] = loaded
-                    self.failures.pop(key, None)
                     while len(self._models) > self.max_models:
                         self._models.popitem(last=False)
         return loaded
@@ -162,9 +160,8 @@ def preload(names: tuple[str, ...], log: Callable[[str], None] = print) -> list[
             key: ModelKey = (name, None, None)
             log(f"kvviz: preloading {name}")
             try:
-                loaded = store.load(key, lambda report: load_model(name, progress=report))
+                loaded = store.load(key, lambda report, name=name: load_model(name, progress=report))
             except Exception as error:  # noqa: BLE001 - a failed preload must not stop the server; sessions retry
-                store.failures[key] = first_line(error)
                 log(f"kvviz: preloading {name} failed: {first_line(error)}")
                 continue
             log(f"kvviz: preloaded {name} in {loaded.load_seconds:.1f} s")
