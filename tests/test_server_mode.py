@@ -296,3 +296,17 @@ def test_a_second_benchmark_while_one_runs_is_asked_to_wait(server_mode):
         lock.release()
     assert any("Another benchmark is running on this server (one runs at a time)" in error.value
                for error in at.error)
+
+
+def test_the_launcher_refuses_to_start_with_a_bad_config_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "kvviz-server.toml"
+    config.write_text("max_new_tokens = -1\n")
+    done = subprocess.run([sys.executable, "-m", "kvviz.ui.serve", "--server.port", "1"], cwd=ROOT,
+                          env={**os.environ, "KVVIZ_SERVER_MODE": "1", "KVVIZ_SERVER_CONFIG": str(config)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "kvviz: error: max_new_tokens must be at least 1 (got -1)."
