@@ -310,3 +310,13 @@ def test_the_launcher_refuses_to_start_with_a_bad_config_file(tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2
     assert done.stderr.strip() == "kvviz: error: max_new_tokens must be at least 1 (got -1)."
+
+
+def test_a_prompt_past_the_context_cap_never_reaches_the_model(server_mode):
+    from kvviz.ui.server import worker_pool
+
+    server_mode("max_context = 8\n")
+    before = len(worker_pool().timings())
+    at = click(open_page(prompt="a prompt of many more bytes than eight", chat_template=False), "prefill")
+    assert "caps a session's context at 8 tokens" in messages(at)
+    assert len(worker_pool().timings()) == before  # refused before any model call was queued

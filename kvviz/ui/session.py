@@ -25,7 +25,7 @@ from kvviz.errors import InputError, KvvizError
 from kvviz.models import LoadedModel
 from kvviz.records import StepRecord, Trace
 from kvviz.server.sessions import trace_bytes
-from kvviz.stepper import CompareStepper, Sampling, Stepper
+from kvviz.stepper import CompareStepper, Sampling, Stepper, encode_prompt
 from kvviz.tracing import start_trace
 from kvviz.trace_analysis import memo_of
 from kvviz.ui.server import RESTARTED, reconnected_without_session, run_on_model, server_settings, session_registry
@@ -116,13 +116,14 @@ def prefill(session: SessionTrace, loaded: LoadedModel, prompt: str, *, chat_tem
     In server mode the new tokens are cut to the server's cap (the cut is noted in the session's message)."""
     limits = server_settings()
     limits.check_model(loaded.key)
+    if limits.enabled:  # before the model runs: a pasted book must not cost the class a long prefill
+        limits.check_context(len(encode_prompt(loaded, prompt, chat_template)))
     max_new_tokens, cut = limits.new_tokens_cap(max_new_tokens)
     stepper, trace = run_on_model(
         loaded, session.id, lambda: start_trace(loaded, prompt, compare=compare, sampling=sampling,
                                                 capture_attention=True, record_kv=record_kv,
                                                 max_new_tokens=max_new_tokens, chat_template=chat_template),
         "prefill")
-    limits.check_context(trace.records[-1].sequence_length)
     session.model_key = loaded.key
     session.settings = dict(prompt=prompt, chat_template=chat_template, compare=compare, sampling=sampling,
                             max_new_tokens=max_new_tokens)
