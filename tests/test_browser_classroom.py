@@ -40,6 +40,9 @@ def step_all(sessions: list[ClassSession], clicks: int) -> None:
 
 
 def calls(latency_log) -> list[dict]:
+    """A server's model calls so far (none before its first call writes the file)."""
+    if not latency_log.exists():
+        return []
     return [json.loads(line) for line in latency_log.read_text().splitlines()]
 
 
@@ -127,3 +130,34 @@ def test_two_replicas_behind_nginx_keep_each_session_on_its_replica(tmp_path, re
         assert len(set().union(*routes.values())) == 2, routes  # and both replicas served
         served = [len({call["session"] for call in calls(server.latency_log)}) for server in (first, second)]
         assert sorted(served) != [0, 4] and sum(served) == 4
+
+
+def test_when_a_replica_dies_its_sessions_start_afresh_on_the_other_with_a_message(tmp_path, require_browser,
+                                                                                 require_nginx, class_config):
+    import os
+    import signal
+
+    from playwright.sync_api import sync_playwright
+
+    with kvviz_server(tmp_path, class_config, name="replica-a") as first, \
+            kvviz_server(tmp_path, class_config, name="replica-b") as second, \
+            nginx_proxy([int(first.url.rsplit(":", 1)[1]), int(second.url.rsplit(":", 1)[1])], tmp_path) as url, \
+            sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            session = ClassSession.open(browser, url, 0, MODEL, compare=False,
+                                        cookies=[{"name": "kvviz_route", "value": "student-0", "url": url}])
+            step_all([session], clicks=1)
+            # nginx logs a websocket when it closes, so the replica that served the session is read from the
+            # replicas' own call logs.
+            dying, other = (first, second) if calls(first.latency_log) else (second, first)
+            assert calls(dying.latency_log) and not calls(other.latency_log)
+            os.kill(dying.pid, signal.SIGTERM)
+            page = session.page.page
+            page.get_by_text("This tab's earlier session is gone from the server").wait_for(timeout=STEP_TIMEOUT_MS)
+            assert session.page.wait_for_step(1).step == 1  # the link in the address bar replayed its step
+            assert page.get_by_test_id("stException").count() == 0
+            assert session.cross_talk([session.marker()]) == []
+            assert calls(other.latency_log)  # the other replica took the session over
+        finally:
+            browser.close()
