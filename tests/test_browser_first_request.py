@@ -24,7 +24,8 @@ import pytest
 
 from app_driver import ROOT, STEP_TIMEOUT_MS, StepPage, app_in_browser
 
-APP_LABELS = ["Step through", "Memory", "Attention", "Speed", "Serving", "Cache policies", "Lessons", "Drills"]
+APP_LABELS = ["Step through", "Memory", "Attention", "Speed", "Serving", "Cache policies", "Lessons", "Drills",
+              "Server"]
 TITLES = {
     "memory": "Memory — how big is the KV cache?",
     "speed": "Speed — what does the KV cache buy?",

@@ -23,7 +23,8 @@ from kvviz.models import LoadedModel, ModelCard
 from kvviz.records import Trace
 from kvviz.stepper import Sampling, encode_prompt, new_tokens_room
 from kvviz.trace_analysis import kv_head_of, memo_of, query_heads_sharing
-from kvviz.ui.session import SessionTrace, prefill, step
+from kvviz.ui.server import run_on_model
+from kvviz.ui.session import SessionTrace, get_session, prefill, step
 
 _PROBES_KEY = "kvviz_attention_probes"
 PAGE_MAX_NEW_TOKENS = 512  # the stepper's cap for traces started here: bounds the rows a session keeps
@@ -104,7 +105,9 @@ def allow_whole_model(trace: Trace) -> None:
 
 def matrix_check(trace: Trace, loaded: LoadedModel) -> am.MatrixCheck:
     return memo_of(trace).get(("matrix check", len(trace.records)),
-                              lambda: am.check_against_full_forward(trace, loaded))
+                              lambda: run_on_model(loaded, get_session().id,
+                                                   lambda: am.check_against_full_forward(trace, loaded),
+                                                   "attention check"))
 
 
 def check_message(check: am.MatrixCheck) -> str:
@@ -137,7 +140,8 @@ def induction_probe(loaded: LoadedModel, half_length: int, seed: int, rerun: boo
     key = (loaded.key, loaded.dtype_name, str(loaded.device), half_length, seed)
     probes: dict[tuple, hd.InductionProbe] = st.session_state.setdefault(_PROBES_KEY, {})
     if rerun or key not in probes:
-        probes[key] = hd.run_induction_probe(loaded, half_length, seed)
+        probes[key] = run_on_model(loaded, get_session().id, lambda: hd.run_induction_probe(loaded, half_length, seed),
+                                   "induction probe")
     return probes[key]
 
 

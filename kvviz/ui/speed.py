@@ -4,7 +4,8 @@ Stopping: a click on any button while the benchmark runs makes Streamlit rerun t
 delivered as an exception at the next progress-bar update. The engine then drops its caches and graphs
 (``finally``) and the page shows the last partial result, which the progress callback stores after every
 finished run. One benchmark runs per server process at a time: two side by side on one machine would time each
-other, not the paths.
+other, not the paths. On a class server (``KVVIZ_SERVER_MODE=1``) benchmarks may be turned off altogether, and an
+uploaded result must fit the server's upload limit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kvviz.bench import BenchProgress, run_benchmark, validate
 from kvviz.bench_results import BenchConfig, BenchResult
 from kvviz.errors import InputError, KvvizError
 from kvviz.models import LoadedModel
+from kvviz.ui.server import server_settings
 
 _RESULT_KEY = "kvviz_speed_result"
 _STATUS_KEY = "kvviz_speed_status"
@@ -49,11 +51,12 @@ def mark_stopped() -> None:
 
 def run_with_progress(loaded: LoadedModel, config: BenchConfig) -> BenchResult:
     """Run the benchmark with a live progress bar; raises ``InputError`` when another one is running."""
+    server_settings().check_benchmark()
     validate(config, loaded)  # before any widget, so that bad settings leave no progress bar behind
     lock = _server_lock()
     if not lock.acquire(blocking=False):
-        raise InputError("Another benchmark is running on this server; wait for it to finish, as two at once would "
-                         "time each other.")
+        raise InputError("Another benchmark is running on this server (one runs at a time); press Run again when it "
+                         "has finished, as two at once would time each other.")
     try:
         # Set before the run: if Streamlit interrupts it (Stop), the rerun finds "running" and reports a stop.
         st.session_state[_STATUS_KEY] = "running"
@@ -116,7 +119,9 @@ def load_shipped_cpu_result(name: str) -> BenchResult:
 
 
 def load_result(data: bytes) -> BenchResult:
-    """A result saved by ``kvviz bench --json`` or the page's download button; raises ``InputError`` if not one."""
+    """A result saved by ``kvviz bench --json`` or the page's download button; raises ``InputError`` if not one,
+    or if it is larger than a class server accepts."""
+    server_settings().check_upload(len(data))
     try:
         result = BenchResult.from_json(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
