@@ -320,3 +320,14 @@ def test_a_prompt_past_the_context_cap_never_reaches_the_model(server_mode):
     at = click(open_page(prompt="a prompt of many more bytes than eight", chat_template=False), "prefill")
     assert "caps a session's context at 8 tokens" in messages(at)
     assert len(worker_pool().timings()) == before  # refused before any model call was queued
+
+
+def test_a_cache_policy_comparison_past_the_context_cap_is_refused_in_server_mode(server_mode):
+    from tests.test_policies_page import click as click_policies
+    from tests.test_policies_page import lab
+    from tests.test_policies_page import open_page as open_policies
+
+    server_mode("max_context = 48\n")
+    at = click_policies(open_policies(), "policies_run")  # 64 tokens of text
+    assert any("at most 48 tokens of text" in error.value for error in at.error), [e.value for e in at.error]
+    assert lab(at).run is None

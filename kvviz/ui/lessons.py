@@ -30,6 +30,7 @@ from kvviz.lessons.paged import ARRIVE_EVERY, BLOCK_SIZE, NEW_TOKENS, REQUESTS
 from kvviz.models import LoadedModel
 from kvviz.ui import serving as serving_sessions
 from kvviz.ui import session as sessions
+from kvviz.ui.server import run_on_model
 
 _KEY = "kvviz_lessons"
 PAGES_DIR = Path(__file__).resolve().parents[2] / "app_pages"
@@ -94,8 +95,10 @@ def adopt_session_trace(progress: LessonProgress) -> None:
 def run_action(progress: LessonProgress, step: LessonStep) -> None:
     """The step's action, then its check; an engine error becomes the progress's message."""
     progress.message = None
+    state = progress.state
     try:
-        step.action(progress.state)
+        # One call in this session's turn on the model's worker (a lesson's action is a few steps or one short run).
+        run_on_model(state.loaded, sessions.get_session().id, lambda: step.action(state), "lesson")
     except KvvizError as error:
         progress.message = str(error)
         return

@@ -1,7 +1,8 @@
 """Cache-policies page state: one comparison run per browser session, advanced a few tokens per rerun.
 
 The run (``kvviz.policies.quality.PolicyRun``) belongs to the session; the page's run area is a fragment that
-advances it ``CHUNK`` positions per rerun while it is running, so Stop (or any click) lands between two chunks and
+advances it ``CHUNK`` positions per rerun (one call on the model's worker, in this browser session's turn) while it
+is running, so Stop (or any click) lands between two chunks and
 the views show what was scored so far. A ``KvvizError`` becomes the session's message, never a traceback.
 What it does not do: compute scores (``kvviz/policies``) or draw (``kvviz/charts/policies.py``).
 """
@@ -19,6 +20,8 @@ from kvviz.policies.eviction import PolicySpec
 from kvviz.policies.kivi import QuantisationErrors, quantisation_errors
 from kvviz.policies.quality import SHIPPED_TEXT_NAME, PolicyRun, shipped_text, text_ids
 from kvviz.policies.quantised import QUANTISED_NAMES, check_backend
+from kvviz.ui.server import run_on_model, server_settings
+from kvviz.ui.session import get_session as get_step_session
 
 MessageLevel = Literal["info", "warning", "error"]
 _SESSION_KEY = "kvviz_policies"
@@ -75,6 +78,10 @@ def start_run(session: LabSession, loaded: LoadedModel, settings: LabSettings) -
             raise InputError("Choose at least one policy.")
         if not settings.budgets and any(name not in QUANTISED_NAMES + ("full",) for name in settings.policies):
             raise InputError("Choose at least one budget for the evicting policies.")
+        limits = server_settings()
+        if limits.enabled and settings.tokens > limits.max_context:
+            raise InputError(f"This server allows comparisons over at most {limits.max_context:,} tokens of text "
+                             f"(asked for {settings.tokens:,}): lower the tokens of the text.")
         specs = settings.specs()
         for spec in specs:
             spec.validate()
@@ -109,8 +116,10 @@ def tick(session: LabSession) -> None:
     """While running: ``CHUNK`` more positions; at the end, the quantisation errors of the watched layer."""
     if not session.running or session.run is None:
         return
+    run = session.run
     try:
-        session.run.advance(CHUNK)
+        # One chunk per turn on the model's worker: other sessions' steps interleave with a long comparison.
+        run_on_model(run.loaded, get_step_session().id, lambda: run.advance(CHUNK), "policies")
     except KvvizError as error:
         session.running, session.message = False, ("error", str(error))
         return

@@ -16,6 +16,7 @@ from kvviz.charts.surgery import surgery_figure
 from kvviz.errors import KvvizError
 from kvviz.exports.png import chart_config
 from kvviz.surgery import ACTION_LABELS, ACTIONS, SurgeryOp, SurgeryResult, run_surgery
+from kvviz.ui.server import run_on_model
 from kvviz.ui.session import SessionTrace
 
 _RESULT = "kvviz_surgery_result"
@@ -36,7 +37,10 @@ def reset_surgery() -> None:
 def _apply(session: SessionTrace, op_of: Any) -> None:
     stepper = _cached_stepper(session)
     try:
-        result = run_surgery(stepper.loaded, stepper.cache, stepper.ids, op_of(), stepper.last_logits)
+        op = op_of()
+        result = run_on_model(stepper.loaded, session.id,
+                              lambda: run_surgery(stepper.loaded, stepper.cache, stepper.ids, op, stepper.last_logits),
+                              "surgery")
     except KvvizError as error:
         st.session_state[_RESULT] = (len(stepper.ids), str(error))
         return
