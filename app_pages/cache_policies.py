@@ -129,7 +129,8 @@ def views(session: sessions.LabSession, result) -> None:
                "holds a fixed number of tokens however long the text; a quantised cache holds every token in fewer "
                "bits, so its bytes keep growing with the text.")
     labels = [score.label for score in result.policies]
-    chosen = st.selectbox("Keep/evict map of", labels, key="policies_map_of")
+    first_evicting = next((i for i, score in enumerate(result.policies) if score.budget_tokens is not None), 0)
+    chosen = st.selectbox("Keep/evict map of", labels, index=first_evicting, key="policies_map_of")
     score = next(score for score in result.policies if score.label == chosen)
     if score.watched:
         show_figure(charts.keep_map_figure(result, score), "policies_chart_map")

@@ -33,12 +33,13 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
         expect(run).to_be_enabled(timeout=STEP_TIMEOUT_MS)
         # 96 tokens, the first 64 in one prefill (nothing evicted yet at the budget of 64), then 32 scored one at a
         # time by three caches (full, window, sinks): a short run even on a busy machine.
-        _set_number(main, "Tokens of the text", 96)
-        expect(main.get_by_label("Tokens of the text", exact=True)).to_have_value("96")
-        _set_number(main, "Prompt (tokens in the first call)", 64)
-        expect(main.get_by_label("Prompt (tokens in the first call)", exact=True)).to_have_value("64")
+        # Each change reruns the page; until a rerun settles, Streamlit can hold a stale copy of a field beside the new
+        # one, and a click on the fragment's button during a whole-page rerun can be dropped: settle after each.
         idle = StepPage(page, url).wait_idle
-        idle()  # a click on the fragment's button while the whole page reruns can be dropped
+        for label, value in (("Tokens of the text", 96), ("Prompt (tokens in the first call)", 64)):
+            _set_number(main, label, value)
+            idle()
+            expect(main.get_by_label(label, exact=True)).to_have_value(str(value))
         run.click()
         expect(main.get_by_text(re.compile(r"^32 of 32 next tokens scored"))).to_be_visible(
             timeout=2 * STEP_TIMEOUT_MS)

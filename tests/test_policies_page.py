@@ -64,7 +64,7 @@ def test_a_run_scores_every_policy_to_the_end_and_draws_every_view():
     assert any(m.value == report.collapse_sentence(result) for m in at.markdown)
     assert titles(at) == ["Does quality hold once the cache is full?",
                           "What does each policy cost in memory, and in quality?",
-                          "What does full keep? Layer 0, KV head 0",
+                          "What does window@8 keep? Layer 0, KV head 0",
                           "Where does 2-bit rounding hurt? Layer 0"]
     assert session.kivi is not None and any(m.value == report.kivi_sentence(session.kivi) for m in at.markdown)
 
