@@ -245,8 +245,6 @@ def test_cli_table_uses_the_shipped_text_by_default():
         (["--budget", "60"], "holds the whole text"),
         (["--budget", "16", "--tokens", "100000"], "--tokens asks for"),
         (["--budget", "16", "--text", "/no/such/file.txt"], "cannot read"),
-        pytest.param(["--budget", "16", "--policies", "full,int4"], "pip install hqq==0.2.8.post1",
-                     marks=pytest.mark.skipif(importlib.util.find_spec("hqq") is not None, reason="hqq is installed")),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args, reason):
@@ -256,3 +254,14 @@ def test_cli_bad_input_exits_2_with_one_line(args, reason):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("kvviz: error:") and reason in lines[0]
+
+
+@pytest.mark.parametrize("backend, package", [("hqq", "hqq==0.2.8.post1"), ("quanto", "optimum-quanto==0.2.7")])
+def test_a_missing_quantisation_backend_says_what_to_install(backend, package, monkeypatch):
+    from kvviz.errors import InputError
+    from kvviz.policies import quantised
+
+    monkeypatch.setattr(quantised.importlib.util, "find_spec", lambda name: None)  # as on a machine without it
+    with pytest.raises(InputError, match=f"pip install {package}"):
+        quantised.check_backend("int4", backend)
+    quantised.check_backend("fp8", backend)  # fp8 is built into transformers: nothing to install
