@@ -40,6 +40,12 @@ ACTION_LABELS = {
     "swap": "Swap two positions (key and value)",
     "swap_values": "Swap two positions' values only",
 }
+DOING = {  # the operation as a sentence says it: "after dropping positions 3, 4"
+    "drop": "dropping positions",
+    "zero": "zeroing the keys and values of positions",
+    "swap": "swapping the keys and values of positions",
+    "swap_values": "swapping only the values of positions",
+}
 TOP = 10
 
 

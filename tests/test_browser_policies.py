@@ -73,7 +73,7 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
         expect(group.locator("button[data-selected='true']")).to_have_count(count, timeout=STEP_TIMEOUT_MS)
         idle()
         main.get_by_role("button", name="Apply surgery", exact=True).click()
-        result = main.get_by_text(re.compile(r"with the untouched cache, '.*' \(\d+\.\d%\) after zero their keys"))
+        result = main.get_by_text(re.compile(r"with the untouched cache, '.*' \(\d+\.\d%\) after zeroing the keys and values of positions 0, 1,"))
         expect(result).to_have_count(1, timeout=STEP_TIMEOUT_MS)
         expect(main.get_by_text("The next token changed", exact=False)).to_have_count(1)
         expect(main.get_by_text(re.compile(r"^prefill · \d+ tokens in the cache"))).to_have_count(1)

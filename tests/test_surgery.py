@@ -122,7 +122,7 @@ def test_the_surgery_tab_changes_a_copy_and_the_next_step_is_unchanged():
     sentence = next(m.value for m in at.markdown if "with the untouched cache" in m.value)
     assert f"{', '.join(map(str, positions))} in every layer" in sentence
     titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
-    assert any(title.startswith("Next token after zero their keys and values") for title in titles)
+    assert any(title.startswith("Next token after zeroing the keys and values of positions 0, 1") for title in titles)
     assert stepper.pending_token == pending and len(stepper.ids) == length
     assert all(torch.equal(old, layer.keys) for old, layer in zip(keys_before, stepper.cache.layers))
     click(at, "surgery_reset")

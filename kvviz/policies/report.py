@@ -67,8 +67,9 @@ def collapse_sentence(result: PolicyComparison) -> str:
     window, kept = windows[budget], sinks[budget]
     against = f"; the full cache: {full.perplexity:,.2f}" if full is not None else ""
     ratio = window.perplexity / kept.perplexity
-    verdict = ("the window collapses and the sinks restore it" if ratio > 2 else
-               "keeping the sinks helps" if ratio > 1.05 else "keeping the sinks makes little difference here")
+    verdict = ("the window collapses and keeping the first tokens restores it" if ratio > 10 else
+               "keeping the first tokens helps" if ratio > 1.05 else
+               "keeping the first tokens makes little difference here")
     return (f"At a budget of {budget} tokens, perplexity with the window alone is {window.perplexity:,.2f}, with "
             f"{kept.name} (the first tokens kept) {kept.perplexity:,.2f}{against}: {verdict} "
             f"({ratio:,.1f}× between them).")
