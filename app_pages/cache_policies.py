@@ -8,14 +8,13 @@ import streamlit as st
 
 from kvviz.charts import policies as charts
 from kvviz.charts.style import measured_on
-from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.policies import report
 from kvviz.policies.eviction import ALL_POLICY_NAMES
 from kvviz.policies.quality import SHIPPED_TEXT_NAME
 from kvviz.policies.quantised import QUANT_BACKENDS
 from kvviz.ui import policies as sessions
-from kvviz.ui.resources import get_model
+from kvviz.ui.resources import model_or_stop
 from kvviz.ui.step_widgets import rerun_fragment, show_figure
 
 BUDGETS = (8, 16, 32, 64, 128, 256, 512)
@@ -31,11 +30,7 @@ st.caption(
 
 model_key = st.selectbox("Model", list(REGISTRY), index=list(REGISTRY).index(DEFAULT_MODEL), key="policies_model",
                          help="SmolLM2 is the real default model; the tiny models are random and instant.")
-try:
-    loaded = get_model(model_key)
-except KvvizError as error:
-    st.error(str(error))
-    st.stop()
+loaded = model_or_stop(model_key)
 text_config = loaded.model.config.get_text_config(decoder=True)
 LAYERS = int(text_config.num_hidden_layers)
 KV_HEADS = int(getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads)

@@ -6,10 +6,9 @@ other pages (a lesson's trace becomes the session's, so its links open them in t
 
 import streamlit as st
 
-from kvviz.errors import KvvizError
 from kvviz.models import DEFAULT_MODEL, REGISTRY
 from kvviz.ui import lessons as ui
-from kvviz.ui.resources import get_model
+from kvviz.ui.resources import model_or_stop
 
 st.title("Lessons")
 st.caption(
@@ -26,11 +25,7 @@ model_index = models.index(ui.progress_model(progress) or DEFAULT_MODEL)
 left, right = st.columns([1, 2])
 model_key = left.selectbox("Model", models, index=model_index, key="lessons_model",
                            help="SmolLM2 is the real default model; the tiny models are random and instant.")
-try:
-    loaded = get_model(model_key)
-except KvvizError as error:
-    st.error(str(error))
-    st.stop()
+loaded = model_or_stop(model_key)
 
 available = ui.lessons()
 keys = [lesson.key for lesson in available]

@@ -16,7 +16,7 @@ from kvviz.serving.prompt_design import run_prompt_design
 from kvviz.serving.pressure import project_on_gpu, projectable_presets, run_pressure, trace_concurrency
 from kvviz.serving.workload import library_prompt
 from kvviz.ui import serving as sessions
-from kvviz.ui.resources import get_model
+from kvviz.ui.resources import model_or_stop
 from kvviz.ui.step_widgets import rerun_fragment, show_figure
 
 st.title("Serving — many requests, one paged KV cache")
@@ -30,11 +30,7 @@ st.caption(
 
 model_key = st.selectbox("Model", list(REGISTRY), index=list(REGISTRY).index(DEFAULT_MODEL), key="serving_model",
                          help="SmolLM2 is the real default model; the tiny models are random and instant.")
-try:
-    loaded = get_model(model_key)
-except KvvizError as error:
-    st.error(str(error))
-    st.stop()
+loaded = model_or_stop(model_key)
 
 TABS = ["Blocks and batching", "Prefix caching", "Prompt design", "Memory pressure", "Production metrics"]
 blocks_tab, prefix_tab, design_tab, pressure_tab, metrics_tab = st.tabs(TABS, key="serving_tab", on_change="rerun")

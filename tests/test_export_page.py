@@ -134,7 +134,7 @@ def test_a_file_edited_to_disagree_with_the_model_is_replayed_and_the_difference
     data["steps"][2]["new_ids"] = [wrong]
     other = upload(open_page(), "edited.json", json.dumps(data).encode())
     warnings = unescaped(other.warning)
-    assert any(f"The replay differs from the file: step 1 chose token id" in text and f"the file has id {wrong}" in text
+    assert any("The replay differs from the file: step 1 chose token id" in text and f"the file has id {wrong}" in text
                for text in warnings), warnings
     assert trace(other).records[-1].cache_len == trace(at).records[-1].cache_len
 

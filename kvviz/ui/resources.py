@@ -22,7 +22,7 @@ from typing import Callable
 
 import streamlit as st
 
-from kvviz.errors import first_line
+from kvviz.errors import KvvizError, first_line
 from kvviz.models import LoadedModel, load_model
 from kvviz.ui.server import server_settings
 
@@ -169,3 +169,13 @@ def preload(names: tuple[str, ...], log: Callable[[str], None] = print) -> list[
     thread = threading.Thread(target=load_all, name="kvviz-preload", daemon=True)
     thread.start()
     return [thread]
+
+
+def model_or_stop(name: str) -> LoadedModel:
+    """The shared model for a page that cannot do anything without it: on failure the page shows the message and
+    stops there (the other pages and sessions go on)."""
+    try:
+        return get_model(name)
+    except KvvizError as error:
+        st.error(str(error))
+        st.stop()
