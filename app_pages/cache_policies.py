@@ -137,7 +137,7 @@ def views(session: sessions.LabSession, result) -> None:
             rerun_fragment()
     else:
         note = (f"{measured_on(result.model, result.device, result.dtype)} · the full cache's {session.kivi.tokens:,} "
-                "tokens · round-to-nearest min–max, keys per channel in groups of 32 tokens")
+                "tokens · round-to-nearest min–max in groups of 32 (tokens of a channel, or channels of a token)")
         show_figure(charts.kivi_figure(session.kivi, note), "policies_chart_kivi")
         st.markdown(report.kivi_sentence(session.kivi))
         st.caption("Both groupings use the same quantiser and the same bits (computed here in float32, not a "

@@ -25,7 +25,7 @@ import torch
 
 from kvviz.errors import InputError
 
-TOKEN_GROUP = 32  # tokens per group when a channel is quantised along the tokens (KIVI's group size G = 32)
+GROUP = 32  # elements per group either way (KIVI's group size G = 32), so the two groupings compare like for like
 
 
 def fake_quantise(x: torch.Tensor, bits: int, dim: int, group: int | None = None) -> torch.Tensor:
@@ -97,8 +97,8 @@ def quantisation_errors(keys: torch.Tensor, values: torch.Tensor, layer: int, bi
     tokens = k.shape[1]
     if tokens < 2:
         raise InputError("Quantisation errors need at least two cached tokens.")
-    per_channel = {"dim": 1, "group": TOKEN_GROUP}  # groups of tokens within one channel
-    per_token = {"dim": 2, "group": None}  # one group over a head's channels within one token
+    per_channel = {"dim": 1, "group": GROUP}  # groups of 32 tokens within one channel
+    per_token = {"dim": 2, "group": GROUP}  # groups of 32 channels within one token
     key_channel = (k - fake_quantise(k, bits, **per_channel)).abs()  # (kv_heads, seq, hd)
     key_token = (k - fake_quantise(k, bits, **per_token)).abs()
     value_channel = (v - fake_quantise(v, bits, **per_channel)).abs()
