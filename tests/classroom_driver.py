@@ -119,6 +119,29 @@ def nginx_proxy(upstream_ports: list[int], work_dir: Path) -> Iterator[str]:
         process.wait(timeout=15)
 
 
+def spread_routes(url: str, access_log: Path, per_replica: int, replicas: int = 2) -> list[str]:
+    """Route cookie values that nginx sends ``per_replica`` each to every replica: the hash of a route depends on
+    the replicas' addresses (random ports), so candidates are tried through nginx and its log says where each went.
+    """
+    import urllib.request
+
+    chosen: dict[str, list[str]] = {}
+    for index in range(256):
+        route = f"student-{index}"
+        request = urllib.request.Request(url + "/_stcore/health", headers={"Cookie": f"kvviz_route={route}"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            reply.read()
+        for line in reversed(access_log.read_text().splitlines()):
+            logged, upstream, _status, uri = (line.split(" ", 3) + ["", "", ""])[:4]
+            if logged == route and uri.startswith("/_stcore/health"):
+                if len(chosen.setdefault(upstream, [])) < per_replica:
+                    chosen[upstream].append(route)
+                break
+        if len(chosen) == replicas and all(len(routes) == per_replica for routes in chosen.values()):
+            return [route for routes in zip(*chosen.values()) for route in routes]
+    raise AssertionError(f"nginx did not spread 256 routes over {replicas} replicas: {chosen}")
+
+
 def routes_by_replica(access_log: Path) -> dict[str, set[str]]:
     """From nginx's access log: for each route cookie, the replicas its websocket requests went to."""
     routes: dict[str, set[str]] = {}

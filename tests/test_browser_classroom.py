@@ -15,7 +15,9 @@ import urllib.request
 
 import pytest
 from app_driver import STEP_TIMEOUT_MS, free_port, launch_chromium
-from classroom_driver import NGINX, ClassSession, kvviz_server, nginx_proxy, routes_by_replica, wait_for_log
+from classroom_driver import (
+    NGINX, ClassSession, kvviz_server, nginx_proxy, routes_by_replica, spread_routes, wait_for_log,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -114,18 +116,19 @@ def test_two_replicas_behind_nginx_keep_each_session_on_its_replica(tmp_path, re
             assert re.match(r"kvviz_route=\w+; Path=/", reply.headers["Set-Cookie"])
         browser = launch_chromium(playwright)
         try:
-            # Fixed routes so that the hash spreads these sessions over both replicas every time (random ones might
-            # put all of them on one).
+            # Routes that nginx's hash sends two to each replica (random ones, or fixed ones with the replicas on
+            # random ports, could all land on one).
+            chosen = spread_routes(url, tmp_path / "access.log", per_replica=2)
             sessions = [ClassSession.open(browser, url, index, MODEL, compare=True,
-                                          cookies=[{"name": "kvviz_route", "value": f"student-{index}", "url": url}])
-                        for index in range(4)]
+                                          cookies=[{"name": "kvviz_route", "value": route, "url": url}])
+                        for index, route in enumerate(chosen)]
             step_all(sessions, clicks=2)
             markers = [session.marker() for session in sessions]
             assert [problem for session in sessions for problem in session.problems(markers)] == []
         finally:
             browser.close()
         routes = routes_by_replica(tmp_path / "access.log")
-        assert set(routes) == {f"student-{index}" for index in range(4)}
+        assert set(routes) == set(chosen)
         assert all(len(replicas) == 1 for replicas in routes.values()), routes  # each session stayed on one
         assert len(set().union(*routes.values())) == 2, routes  # and both replicas served
         served = [len({call["session"] for call in calls(server.latency_log)}) for server in (first, second)]
