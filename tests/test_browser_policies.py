@@ -46,6 +46,10 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
         expect(main.get_by_role("button", name="Stop", exact=True)).to_be_disabled(timeout=STEP_TIMEOUT_MS)
         sentence = main.get_by_text(re.compile(r"^At a budget of 64 tokens, perplexity with the window alone is"))
         expect(sentence).to_have_count(1)
+        numbers = re.search(r"window alone is ([\d,.]+), with sinks .*? ([\d,.]+); the full cache: ([\d,.]+)",
+                            sentence.inner_text())
+        assert numbers, sentence.inner_text()  # all three perplexities of this run are stated
+        assert all(float(value.replace(",", "")) >= 1.0 for value in numbers.groups())  # a perplexity is at least 1
         for title in ("Does quality hold once the cache is full?", "What does each policy cost in memory",
                       "What does window@64 keep?", "Where does 2-bit rounding hurt?"):
             expect(main.locator(".gtitle", has_text=title)).to_have_count(1, timeout=STEP_TIMEOUT_MS)
@@ -58,6 +62,7 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
         prefill.click()
         expect(main.get_by_text(re.compile(r"^prefill · \d+ tokens in the cache"))).to_be_visible(
             timeout=STEP_TIMEOUT_MS)
+        status = main.get_by_text(re.compile(r"^prefill · \d+ tokens in the cache")).inner_text()
         page.get_by_role("tab", name="Cache surgery").click()
         expect(main.get_by_text("Apply surgery", exact=False).first).to_be_visible(timeout=STEP_TIMEOUT_MS)
         idle()
@@ -77,4 +82,9 @@ def test_two_policies_run_to_the_end_and_surgery_changes_a_copy(tmp_path, requir
         expect(result).to_have_count(1, timeout=STEP_TIMEOUT_MS)
         expect(main.get_by_text("The next token changed", exact=False)).to_have_count(1)
         expect(main.get_by_text(re.compile(r"^prefill · \d+ tokens in the cache"))).to_have_count(1)
+        # The session's own trace is untouched: the same call and cache length as before the surgery.
+        assert main.get_by_text(re.compile(r"^prefill · \d+ tokens in the cache")).inner_text().split(" · ")[:2] == \
+            status.split(" · ")[:2]
+        tokens = re.search(r"'(.*)' \([\d.]+%\) with the untouched cache, '(.*)' \([\d.]+%\) after", result.inner_text())
+        assert tokens and tokens.group(1) != tokens.group(2), result.inner_text()
         page.screenshot(path=str(tmp_path / "surgery.png"), full_page=True)
