@@ -39,6 +39,19 @@ class LessonsPage(StepPage):
         return [alert.get_by_test_id("stMarkdownContainer").inner_text().strip() for alert in alerts
                 if alert.is_visible()]
 
+    def wait_passed(self, sentence: str) -> list[str]:
+        """Wait until a visible check shows ``sentence`` (the page may draw the step's heading before its check);
+        return the checks' sentences on screen then."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        alert = self.main().get_by_test_id("stAlertContentSuccess").filter(has_text=sentence[:80])
+        try:
+            alert.first.wait_for(state="visible", timeout=STEP_TIMEOUT_MS)
+        except PlaywrightTimeout:
+            raise AssertionError(f"no check shows {sentence!r}. The page:\n{self.describe()}") from None
+        self.wait_idle()
+        return self.passed_sentences()
+
     def choose_lesson(self, label: str) -> None:
         self.main().get_by_test_id("stSelectbox").filter(has_text="Lesson").get_by_role("combobox").click()
         self.page.get_by_role("option", name=label, exact=True).click()
@@ -81,7 +94,7 @@ def test_a_new_learner_completes_the_first_three_lessons_on_smollm2(tmp_path, re
         assert page.main().get_by_test_id("stAlert").count() == 0, page.describe()
         page.page.get_by_test_id("stSidebarNavLink").filter(has_text=re.compile(r"Lessons$")).click()
         page.wait_text("Step 1 of 3: Feed the prompt")
-        assert page.passed_sentences()[-1] == sentence  # the learner's place and check are kept
+        assert page.wait_passed(sentence)[-1] == sentence  # the learner's place and check are kept
 
         for number, lesson in enumerate(LESSONS[:3], start=1):
             if number > 1:
