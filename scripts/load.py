@@ -1,24 +1,28 @@
-"""Drive N browser sessions on kvviz at once, as a class would, and report what they saw.
+"""Drive N sessions on kvviz at once, as a class would, and report what they saw.
 
-Each session is its own Chromium context (its own Streamlit session) on the home page with its own prompt
-("StudentNN asks what a cache keeps"); it presses Prefill, then Next token K times, one click every ``--interval``
-seconds (the sessions' clicks are spread evenly over the interval), or as soon as its last step is shown with
-``--interval 0``. Printed at the end:
+Each session is its own Streamlit session on the home page with its own prompt ("StudentNN asks what a cache
+keeps"); it presses Prefill, then Next token K times, one click every ``--interval`` seconds (the sessions' clicks
+are spread evenly over the interval), or as soon as its last step is shown with ``--interval 0``. A session is
+either a Chromium context (``--driver browser``) or, by default, a client of the websocket protocol the browser
+speaks (``--driver ws``, ``tests/ws_driver.py``): thirty Chromium pages on the server's own two cores would take
+the CPU the server needs, and the protocol client sends the very messages a click sends. Printed at the end:
 
 - errors: exceptions or messages on a page, a page not at the step it should be at, a step not shown in time;
 - cross-talk: a session whose token stream lacks its own prompt or shows another session's;
-- browser-side latency, p50/p95: from the click to the moment the page shows the step (timed in the browser);
+- client-side latency, p50/p95: from the click to the moment the page shows the step (timed in the browser), or to
+  the run's end message (``ws``: what the browser receives before it draws);
 - server-side latency, p50/p95: from a model call's submission to its record, queue wait included, as the server's
   model workers log it (``KVVIZ_LATENCY_LOG``);
 - server memory: each server process's resident memory at the end, and its peak.
 
 By default the script starts the server itself (``python -m kvviz.ui.serve``, server mode off unless
 ``KVVIZ_SERVER_MODE=1`` is in the environment), or two replicas behind Debian's nginx with ``--replicas 2``
-(``deploy/nginx-kvviz.conf``). With ``--url`` it drives a server that is already running; give ``--latency-log``
+(``deploy/nginx-kvviz.conf``), each with ``--torch-threads`` (its config's ``torch_threads``). With ``--url`` it drives a server that is already running; give ``--latency-log``
 (the file its ``KVVIZ_LATENCY_LOG`` names) and ``--server-pid`` for the server-side figures.
 
     python scripts/load.py --sessions 30 --clicks 12 --interval 10 [--model smollm2-135m] [--no-compare]
-                           [--replicas 2] [--url URL --latency-log FILE --server-pid PID ...]
+                           [--driver ws|browser] [--replicas 2] [--torch-threads N]
+                           [--url URL --latency-log FILE --server-pid PID ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,14 +57,17 @@ def peak_rss_bytes(pid: int) -> int | None:
 
 
 def server_calls(paths: list[Path], since: float) -> list[dict]:
+    """The model calls the servers logged since ``since``, each marked with its log's file name (its replica)."""
     calls = []
     for path in paths:
         if path.exists():
-            calls += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            calls += [{**json.loads(line), "replica": path.stem} for line in path.read_text().splitlines()
+                      if line.strip()]
     return [call for call in calls if call["submitted"] >= since]
 
 
-def drive(browser, url: str, args: argparse.Namespace, log_path: Path | None) -> tuple[list, list[str]]:
+def drive(browser, url: str, args: argparse.Namespace, log_path: Path | None,
+          opened: Callable[[], None]) -> tuple[list, list[str]]:
     """Open the sessions, click them on schedule; return the sessions and the errors seen."""
     from classroom_driver import ClassSession
 
@@ -68,6 +76,7 @@ def drive(browser, url: str, args: argparse.Namespace, log_path: Path | None) ->
     for index in range(args.sessions):
         sessions.append(ClassSession.open(browser, url, index, args.model, compare=args.compare, log_path=log_path))
         print(f"session {index} open", flush=True)
+    opened()
     clicks_each = args.clicks + 1  # the prefill, then the Next tokens
     start = time.monotonic()
     offsets = [args.interval * index / max(args.sessions, 1) for index in range(args.sessions)]
@@ -95,7 +104,50 @@ def drive(browser, url: str, args: argparse.Namespace, log_path: Path | None) ->
     return sessions, errors
 
 
-def report(sessions: list, errors: list[str], calls: list[dict], pids: list[int], args: argparse.Namespace) -> None:
+def drive_ws(url: str, args: argparse.Namespace, opened: Callable[[], None]) -> tuple[list, list[str]]:
+    """The same schedule over the websocket protocol: one thread per session, each clicking on its own schedule."""
+    import threading
+
+    from ws_driver import WsSession
+
+    errors: list[str] = []
+    sessions: list = []
+    for index in range(args.sessions):
+        # Behind nginx a browser gets a random route cookie; here each session sends its own.
+        sessions.append(WsSession.open(url, index, args.model, args.compare, route=f"load-{index}-{time.time_ns()}"))
+    print(f"{args.sessions} sessions open", flush=True)
+    opened()
+    start = time.monotonic()
+
+    def student(index: int) -> None:
+        session = sessions[index]
+        next_at = start + args.interval * index / args.sessions
+        for _click in range(args.clicks + 1):  # the prefill, then the Next tokens
+            time.sleep(max(next_at - time.monotonic(), 0.0))  # the schedule under test, not a wait for a state
+            try:
+                session.click(timeout_s=args.step_timeout)
+            except Exception as error:  # noqa: BLE001 - reported with the session, the others go on
+                errors.append(f"session {index}: step {session.target}: {type(error).__name__}: {error}")
+                return
+            next_at = max(next_at + args.interval, time.monotonic())
+
+    threads = [threading.Thread(target=student, args=(index,)) for index in range(args.sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sessions, errors
+
+
+def summary(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"p50_ms": percentile(values, 0.5), "p95_ms": percentile(values, 0.95), "max_ms": max(values),
+            "n": len(values)}
+
+
+def report(sessions: list, errors: list[str], calls: list[dict], pids: list[int],
+           args: argparse.Namespace) -> dict:
     from classroom_driver import rss_bytes
 
     markers = [session.marker() for session in sessions]
@@ -103,33 +155,49 @@ def report(sessions: list, errors: list[str], calls: list[dict], pids: list[int]
     problems = [problem for session in sessions for problem in session.problems(markers)
                 if problem not in cross_talk]
     errors = errors + problems
-    browser_steps = [ms for session in sessions for ms in session.browser_ms[1:]]
-    browser_prefills = [session.browser_ms[0] for session in sessions if session.browser_ms]
-    steps = [call["total_ms"] for call in calls if call["kind"] == "step"]
-    prefills = [call["total_ms"] for call in calls if call["kind"] == "prefill"]
+    client = "browser (click→shown)" if args.driver == "browser" else "client (click→run's end)"
+    figures = {
+        "Next token, server (submit→record)": [call["total_ms"] for call in calls if call["kind"] == "step"],
+        f"Next token, {client}": [ms for session in sessions for ms in session.client_ms[1:]],
+        "Next token, model run (no queue)": [call["run_ms"] for call in calls if call["kind"] == "step"],
+        "Prefill, server": [call["total_ms"] for call in calls if call["kind"] == "prefill"],
+        f"Prefill, {client}": [session.client_ms[0] for session in sessions if session.client_ms],
+    }
     failed_calls = sum(not call["ok"] for call in calls)
 
     def line(name: str, values: list[float]) -> str:
         if not values:
-            return f"  {name:<34} no data"
-        return (f"  {name:<34} p50 {percentile(values, 0.5):>8,.0f} ms   p95 {percentile(values, 0.95):>8,.0f} ms   "
+            return f"  {name:<36} no data"
+        return (f"  {name:<36} p50 {percentile(values, 0.5):>8,.0f} ms   p95 {percentile(values, 0.95):>8,.0f} ms   "
                 f"max {max(values):>8,.0f} ms   n={len(values)}")
 
+    servers = f"{args.replicas} server{'s behind nginx' if args.replicas > 1 else ''}" if args.replicas else \
+        "an external server"
     print(f"\n{args.sessions} sessions × {args.clicks} Next token clicks ({args.model}, naive comparison "
-          f"{'on' if args.compare else 'off'}, interval {args.interval:g} s, {args.replicas or 'external'} "
-          f"server{'s' if args.replicas != 1 else ''})")
+          f"{'on' if args.compare else 'off'}, interval {args.interval:g} s, {servers}, driver {args.driver})")
     print(f"errors: {len(errors)}" + "".join(f"\n  {error}" for error in errors))
     print(f"cross-talk: {len(cross_talk)}" + "".join(f"\n  {problem}" for problem in cross_talk))
     print(f"failed model calls on the server: {failed_calls}")
     print("latency")
-    print(line("Next token, server (submit→record)", steps))
-    print(line("Next token, browser (click→shown)", browser_steps))
-    print(line("Prefill, server", prefills))
-    print(line("Prefill, browser", browser_prefills))
+    for name, values in figures.items():
+        print(line(name, values))
+    memory = []
     for pid in pids:
         rss, peak = rss_bytes(pid), peak_rss_bytes(pid)
+        memory.append({"pid": pid, "resident_bytes": rss, "peak_bytes": peak})
         print(f"server memory (pid {pid}): resident {format_bytes(rss) if rss else 'unknown'}, "
               f"peak {format_bytes(peak) if peak else 'unknown'}")
+    per_replica = {}
+    for call in calls:
+        per_replica[call["replica"]] = per_replica.get(call["replica"], 0) + 1
+    if len(per_replica) > 1:
+        print("model calls per replica: " + ", ".join(f"{name} {count}" for name, count in sorted(per_replica.items())))
+    return {"sessions": args.sessions, "clicks": args.clicks, "interval_s": args.interval, "model": args.model,
+            "compare": args.compare, "driver": args.driver, "replicas": args.replicas,
+            "torch_threads": args.torch_threads, "errors": errors, "cross_talk": cross_talk,
+            "failed_model_calls": failed_calls, "latency": {name: summary(v) for name, v in figures.items()},
+            "calls_per_replica": per_replica, "server_memory": memory,
+            "load_average": Path("/proc/loadavg").read_text().split()[:3]}
 
 
 def main() -> int:
@@ -145,14 +213,16 @@ def main() -> int:
     parser.add_argument("--server-pid", type=int, action="append", default=[])
     parser.add_argument("--step-timeout", type=float, default=300.0)
     parser.add_argument("--keep", action="store_true", help="keep the servers' logs (their folder is printed)")
+    parser.add_argument("--driver", choices=("ws", "browser"), default="ws",
+                        help="websocket protocol clients (default, light) or Chromium contexts")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch threads of each server this script starts (0: torch's default)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    if args.sessions < 1 or args.clicks < 0:
-        parser.error("--sessions must be at least 1 and --clicks at least 0")
+    if args.sessions < 1 or args.clicks < 0 or args.torch_threads < 0:
+        parser.error("--sessions must be at least 1, --clicks and --torch-threads at least 0")
 
-    from playwright.sync_api import sync_playwright
-
-    from app_driver import launch_chromium
-    from classroom_driver import kvviz_server, nginx_proxy, wait_for_log
+    from classroom_driver import kvviz_server, nginx_proxy, rss_bytes, wait_for_log
 
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kvviz-load-"))) if not args.keep else \
@@ -163,7 +233,10 @@ def main() -> int:
             url, logs, pids = args.url.rstrip("/"), args.latency_log, args.server_pid
             args.replicas = 0
         else:
-            servers = [stack.enter_context(kvviz_server(work, name=f"replica-{index}"))
+            config = work / "kvviz-server.toml"
+            config.write_text(f"torch_threads = {args.torch_threads}\n")
+            servers = [stack.enter_context(kvviz_server(work, env={"KVVIZ_SERVER_CONFIG": str(config)},
+                                                        name=f"replica-{index}"))
                        for index in range(args.replicas)]
             for server in servers:
                 wait_for_log(server.log_path, "kvviz: preloaded")
@@ -173,11 +246,34 @@ def main() -> int:
             logs, pids, log_path = [s.latency_log for s in servers], [s.pid for s in servers], servers[0].log_path
         print(f"driving {url}", flush=True)
         since = time.time()
-        playwright = stack.enter_context(sync_playwright())
-        browser = launch_chromium(playwright)
-        stack.callback(browser.close)
-        sessions, errors = drive(browser, url, args, log_path)
-        report(sessions, errors, server_calls(logs, since), pids, args)
+        resident = {}
+
+        def opened() -> None:  # the servers' memory once every session has drawn its page, before any model call
+            resident["open"] = sum(rss_bytes(pid) or 0 for pid in pids)
+
+        if args.driver == "ws":
+            sessions, errors = drive_ws(url, args, opened)
+        else:
+            from playwright.sync_api import sync_playwright
+
+            from app_driver import launch_chromium
+
+            playwright = stack.enter_context(sync_playwright())
+            browser = launch_chromium(playwright)
+            stack.callback(browser.close)
+            sessions, errors = drive(browser, url, args, log_path, opened)
+        figures = report(sessions, errors, server_calls(logs, since), pids, args)
+        after, before = sum(rss_bytes(pid) or 0 for pid in pids), resident.get("open", 0)
+        if pids and before and after:
+            figures["resident_growth_per_session_bytes"] = (after - before) / args.sessions
+            print(f"server memory growth per session: {format_bytes(max(after - before, 0) / args.sessions)} "
+                  f"(resident at the end minus once the {args.sessions} sessions had opened, over the sessions: their "
+                  "traces and caches, and the first model calls' own buffers)")
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        if args.driver == "ws":
+            for session in sessions:
+                session.close()
     return 0
 
 

@@ -190,7 +190,7 @@ class ClassSession:
     prompt: str
     page: StepPage
     target: int = -1  # the step the last click asked for; -1 before the prefill
-    browser_ms: list[float] = field(default_factory=list)
+    client_ms: list[float] = field(default_factory=list)
 
     @classmethod
     def open(cls, browser: Any, url: str, index: int, model: str, compare: bool,
@@ -219,8 +219,8 @@ class ClassSession:
         """Wait for the step the last click asked for; its browser-side latency in ms."""
         self.page.page.wait_for_function("() => window.__kvvizWatch.end !== null", timeout=timeout_ms)
         watch = self.page.page.evaluate("() => window.__kvvizWatch")
-        self.browser_ms.append(watch["end"] - watch["start"])
-        return self.browser_ms[-1]
+        self.client_ms.append(watch["end"] - watch["start"])
+        return self.client_ms[-1]
 
     def problems(self, markers: list[str]) -> list[str]:
         """What is wrong with this session's page: an exception, an error, a wrong step, another's tokens."""
