@@ -28,7 +28,7 @@ from websockets.sync.client import ClientConnection, connect
 
 RUN_TIMEOUT_S = 300.0
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # Streamlit's own default limit is 200 MB
-_CHIP = re.compile(r'<span class="kvviz-chip ([^"]*)"[^>]*>(.*?)</span>', re.S)
+_CHIP = re.compile(r'<span class="kvviz-chip ([^"]*)"[^>]*>(.*?)</span>', re.DOTALL)
 _STREAM = '<div class="kvviz-stream">'  # the chips after it; the legend's samples come before
 _NOT_ERRORS = ("end-of-sequence",)  # a random model may choose its end-of-sequence token; the page says so
 
@@ -57,7 +57,7 @@ class WsSession:
     client_ms: list[float] = field(default_factory=list)
 
     @classmethod
-    def open(cls, url: str, index: int, model: str, compare: bool, route: str | None = None) -> "WsSession":
+    def open(cls, url: str, index: int, model: str, compare: bool, route: str | None = None) -> WsSession:
         """Connect to the server at ``url`` (http://host:port) and run the home page with this student's link."""
         parts = urlsplit(url)
         headers = {"Cookie": f"kvviz_route={route}"} if route else None
