@@ -256,7 +256,8 @@ def test_a_visitor_arriving_during_a_load_sees_its_progress_then_gets_the_model(
 
 
 def test_the_server_page_lists_sessions_memory_and_call_latency():
-    click(click(open_page(prompt="hello", chat_template=False), "prefill"), "next")
+    # Kept in a name until the end: the registry holds sessions weakly, so a dropped one may leave it at any time.
+    student = click(click(open_page(prompt="hello", chat_template=False), "prefill"), "next")
     at = AppTest.from_file(str(ROOT / "app_pages" / "server_admin.py"), default_timeout=30)
     at.run()
     assert not at.exception, at.exception
@@ -266,6 +267,7 @@ def test_the_server_page_lists_sessions_memory_and_call_latency():
     sessions_frame, calls_frame = at.dataframe[0].value, at.dataframe[1].value
     assert "tiny-llama" in set(sessions_frame["model"])
     assert {"prefill", "step"} <= set(calls_frame["call"])
+    assert session(student).trace is not None  # the student's session was alive while the page was read
 
 
 # ----- benchmarks on the Speed page ---------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Streamlit sessions over the websocket protocol the browser speaks, without a browser: for load runs of many
-sessions on a small machine (``scripts/load.py --driver ws``), where thirty Chromium pages would take the cores the
+sessions on a small machine (``scripts/load.py``'s default), where thirty Chromium pages would take the cores the
 server needs, and for the test that proves this driver reads the page right.
 
 A ``WsSession`` connects to ``/_stcore/stream`` as the browser does (subprotocol ``streamlit``; behind nginx, a
