@@ -114,6 +114,16 @@ class Status:
     naive_ms: float | None
 
 
+def parse_status(text: str) -> Status | None:
+    """The status line's figures, if ``text`` (as shown, without Markdown's asterisks) is the status line."""
+    match = STATUS.match(text.strip())
+    if match is None:
+        return None
+    naive = match.group(5)
+    return Status(int(match.group(2) or 0), int(match.group(3).replace(",", "")),
+                  float(match.group(4).replace(",", "")), float(naive.replace(",", "")) if naive else None)
+
+
 class StepPage:
     """The home page in a browser tab, with the few actions the tests and scripts need."""
 
@@ -145,14 +155,8 @@ class StepPage:
         return self
 
     def status(self) -> Status | None:
-        for text in self.page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts():
-            match = STATUS.match(text.strip())
-            if match:
-                naive = match.group(5)
-                return Status(int(match.group(2) or 0), int(match.group(3).replace(",", "")),
-                              float(match.group(4).replace(",", "")),
-                              float(naive.replace(",", "")) if naive else None)
-        return None
+        texts = self.page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts()
+        return next((status for status in map(parse_status, texts) if status is not None), None)
 
     def wait_for_step(self, step: int, timeout_ms: int = STEP_TIMEOUT_MS, idle: bool = True) -> Status:
         """Wait until the page shows call ``step`` or a later one (0: a prefill); with ``idle``, also until Streamlit

@@ -168,6 +168,27 @@ def link(model: str, prompt: str, compare: bool) -> str:
     return f"/?model={model}&prompt={quote(prompt)}&chat=0&compare={int(compare)}"
 
 
+def student_marker(index: int) -> str:
+    """What marks student ``index``'s prompt in a token stream."""
+    return f"Student{index:02d}"
+
+
+def student_prompt(index: int) -> str:
+    return f"{student_marker(index)} asks what a cache keeps"
+
+
+def cross_talk(index: int, stream: str, markers: list[str]) -> list[str]:
+    """What is wrong with session ``index``'s token stream: its own marker missing, or another session's shown."""
+    own = student_marker(index)
+    found = []
+    if own not in stream:
+        found.append(f"session {index}: its own prompt is not in its token stream")
+    others = [marker for marker in markers if marker != own and marker in stream]
+    if others:
+        found.append(f"session {index}: shows other sessions' prompts {others}")
+    return found
+
+
 _ARM = """([target]) => {
   const shown = () => Array.from(document.querySelectorAll('[data-testid=stMarkdownContainer]')).some(el => {
     const match = el.textContent.trim().match(/^(prefill|step (\\d+)) · /);
@@ -198,13 +219,13 @@ class ClassSession:
         context = browser.new_context(viewport={"width": 1300, "height": 900})
         if cookies:
             context.add_cookies(cookies)
-        prompt = f"Student{index:02d} asks what a cache keeps"
+        prompt = student_prompt(index)
         page = StepPage(context.new_page(), url + link(model, prompt, compare), log_path)
         page.open()
         return cls(index, prompt, page)
 
     def marker(self) -> str:
-        return f"Student{self.index:02d}"
+        return student_marker(self.index)
 
     def click(self) -> None:
         """Prefill first, Next token after: start the click and its in-browser timer without waiting."""
@@ -240,11 +261,4 @@ class ClassSession:
         return found
 
     def cross_talk(self, markers: list[str]) -> list[str]:
-        stream = "".join(self.page.chips())
-        found = []
-        if self.marker() not in stream:
-            found.append(f"session {self.index}: its own prompt is not in its token stream")
-        others = [marker for marker in markers if marker != self.marker() and marker in stream]
-        if others:
-            found.append(f"session {self.index}: shows other sessions' prompts {others}")
-        return found
+        return cross_talk(self.index, "".join(self.page.chips()), markers)

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from app_driver import STATUS, Status
-from classroom_driver import link
+from app_driver import Status, parse_status
+from classroom_driver import cross_talk, link, student_marker, student_prompt
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from websockets.sync.client import ClientConnection, connect
@@ -63,7 +63,7 @@ class WsSession:
         headers = {"Cookie": f"kvviz_route={route}"} if route else None
         socket = connect(f"ws://{parts.netloc}/_stcore/stream", subprotocols=["streamlit"],
                          additional_headers=headers, max_size=MAX_MESSAGE_BYTES, open_timeout=60)
-        prompt = f"Student{index:02d} asks what a cache keeps"
+        prompt = student_prompt(index)
         session = cls(index, prompt, socket, urlsplit(link(model, prompt, compare)).query)
         session.run()
         return session
@@ -72,7 +72,7 @@ class WsSession:
         self.socket.close()
 
     def marker(self) -> str:
-        return f"Student{self.index:02d}"
+        return student_marker(self.index)
 
     def run(self, button: str | None = None, timeout_s: float = RUN_TIMEOUT_S) -> Run:
         """Ask for a run (the whole page, or a button's click) and read its messages until it finishes."""
@@ -125,14 +125,8 @@ class WsSession:
                 if element.WhichOneof("type") == kind]
 
     def status(self) -> Status | None:
-        for markdown in self.elements("markdown"):
-            match = STATUS.match(markdown.body.replace("**", "").strip())
-            if match:
-                naive = match.group(5)
-                return Status(int(match.group(2) or 0), int(match.group(3).replace(",", "")),
-                              float(match.group(4).replace(",", "")),
-                              float(naive.replace(",", "")) if naive else None)
-        return None
+        texts = (markdown.body.replace("**", "") for markdown in self.elements("markdown"))
+        return next((status for status in map(parse_status, texts) if status is not None), None)
 
     def chips(self) -> list[str]:
         """The token stream's chips (the legend's samples left out), as the browser shows their text."""
@@ -144,7 +138,8 @@ class WsSession:
         found = [f"session {self.index}: exception on the page: {exception.message}"
                  for exception in self.elements("exception")]
         messages = [alert.body for alert in self.elements("alert")
-                    if alert.format in (alert.ERROR, alert.WARNING) and not any(text in alert.body for text in _NOT_ERRORS)]
+                    if alert.format in (alert.ERROR, alert.WARNING)
+                    and not any(text in alert.body for text in _NOT_ERRORS)]
         if messages:
             found.append(f"session {self.index}: messages {messages}")
         status = self.status()
@@ -153,11 +148,4 @@ class WsSession:
         return found + self.cross_talk(markers)
 
     def cross_talk(self, markers: list[str]) -> list[str]:
-        stream = "".join(self.chips())
-        found = []
-        if self.marker() not in stream:
-            found.append(f"session {self.index}: its own prompt is not in its token stream")
-        others = [marker for marker in markers if marker != self.marker() and marker in stream]
-        if others:
-            found.append(f"session {self.index}: shows other sessions' prompts {others}")
-        return found
+        return cross_talk(self.index, "".join(self.chips()), markers)
