@@ -58,6 +58,13 @@ class SurgeryOp:
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
 
+    def doing(self, limit: int | None = None) -> str:
+        """The operation as a sentence says it, "zeroing the keys and values of positions 3, 4"; past ``limit``
+        positions the list ends with an ellipsis."""
+        shown = self.positions if limit is None else self.positions[:limit]
+        more = "…" if len(shown) < len(self.positions) else ""
+        return f"{DOING[self.action]} {', '.join(map(str, shown))}{more}"
+
 
 @dataclass(frozen=True)
 class SurgeryResult:

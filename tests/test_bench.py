@@ -606,3 +606,15 @@ def test_the_readmes_cpu_figures_are_what_the_shipped_results_say():
     assert f"| {naive.predicted_ms / 1000:,.1f} s | {cached.predicted_ms / 1000:.1f} s |" in readme
     assert f"{naive.predicted_ms / cached.predicted_ms:.1f}×" in report.famous_figure_sentences(famous)[1]
     assert f"{naive.fit.a:.1f}·n + {naive.fit.b:.4f}·n² ms (R² {naive.fit.r2:.4f})" in readme
+
+
+def test_the_readmes_full_gpt2_medium_run_is_the_shipped_result():
+    """The README's measured 1,000-token GPT-2 medium row (beside the fits' prediction) is the shipped run's."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    path = Path(__file__).parent.parent / "docs" / "results" / "gpt2-medium-cpu-1000.json"
+    full = BenchResult.from_json(path.read_text())
+    naive, cached = full.path("naive"), full.path("kvviz")
+    assert full.config.tokens == 1000 and naive.matches_reference and cached.matches_reference
+    ratio = naive.total_ms.median / cached.total_ms.median
+    assert (f"| {naive.total_ms.median / 1000:,.1f} s | {cached.total_ms.median / 1000:.1f} s | {ratio:.1f}× |"
+            in readme)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from kvviz.charts.style import CACHED, NAIVE, base_layout, token_label
-from kvviz.surgery import DOING, SurgeryResult
+from kvviz.surgery import SurgeryResult
 
 
 def surgery_figure(result: SurgeryResult, measured: str) -> go.Figure:
@@ -27,8 +27,7 @@ def surgery_figure(result: SurgeryResult, measured: str) -> go.Figure:
                       hovertemplate="%{y}<br>id %{customdata[0]}<br>%{x:.3f}%<extra>" + name + "</extra>")
 
     fig = go.Figure([bars(before, "untouched cache", CACHED), bars(after, "after surgery", NAIVE)])
-    base_layout(fig, f"Next token after {DOING[result.op.action]} {', '.join(map(str, result.op.positions[:8]))}"
-                     + ("…" if len(result.op.positions) > 8 else ""), "probability (%)", "",
+    base_layout(fig, f"Next token after {result.op.doing(limit=8)}", "probability (%)", "",
                 note=measured + " · a blank bar: not in that side's top 10")
     fig.update_layout(barmode="group", yaxis={"autorange": "reversed", "type": "category"},
                       legend={"orientation": "h", "y": -0.15}, height=420)

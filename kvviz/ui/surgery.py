@@ -15,7 +15,7 @@ from kvviz.charts.style import measured_on, token_label
 from kvviz.charts.surgery import surgery_figure
 from kvviz.errors import KvvizError
 from kvviz.exports.png import chart_config
-from kvviz.surgery import ACTION_LABELS, ACTIONS, DOING, SurgeryOp, SurgeryResult, run_surgery
+from kvviz.surgery import ACTION_LABELS, ACTIONS, SurgeryOp, SurgeryResult, run_surgery
 from kvviz.ui.server import run_on_model
 from kvviz.ui.session import SessionTrace
 
@@ -103,8 +103,8 @@ def show_result(result: SurgeryResult, measured: str) -> None:
     verdict = ("**The next token changed**" if result.top_changed else "The next token stayed the same")
     st.markdown(
         f"{verdict}: '{token_label(before.text)}' ({before.probability:.1%}) with the untouched cache, "
-        f"'{token_label(after.text)}' ({after.probability:.1%}) after {DOING[result.op.action]} "
-        f"{', '.join(map(str, result.op.positions))} in {where}{heads} ({result.rows_changed:,} rows of keys and "
+        f"'{token_label(after.text)}' ({after.probability:.1%}) after {result.op.doing()} "
+        f"in {where}{heads} ({result.rows_changed:,} rows of keys and "
         f"values). KL(untouched ‖ changed) = {result.kl:.4f} nats; the largest logit moved by "
         f"{result.max_logit_diff:.4f}."
     )
